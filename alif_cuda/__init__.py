@@ -1,0 +1,11 @@
+"""alif_cuda: fused kernels for adaptive LIF spiking neurons (ALIF) and temporal-attention image
+decoding (TAID), with plain-PyTorch references and drop-in modules."""
+import torch
+
+from . import _C  # noqa: F401  (loading the library registers torch.ops.alif_cuda.*)
+from .nn import ALIF
+from .ops import alif, cuda_kernels_available
+from .reference import alif_ref
+
+__version__ = "0.1.0"
+__all__ = ["ALIF", "alif", "alif_ref", "cuda_kernels_available"]

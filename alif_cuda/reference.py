@@ -1,0 +1,89 @@
+"""Plain PyTorch oracles: explicit time loops whose autograd is the definition the kernels match.
+
+Slow on purpose: every step is a handful of separate PyTorch ops, so the math is easy to read and
+the gradients come from autograd, not from hand-derived formulas.
+"""
+import math
+
+import torch
+from torch import Tensor
+
+SURROGATES = ("rect", "atan")
+RESETS = ("hard", "soft")
+
+
+def check_alif_options(surrogate: str, width: float, alpha: float, reset: str) -> None:
+    """Raise ValueError for an unknown surrogate/reset or a non-positive width/alpha."""
+    if surrogate not in SURROGATES:
+        raise ValueError(f"alif: surrogate must be one of {SURROGATES}, got {surrogate!r}")
+    if reset not in RESETS:
+        raise ValueError(f"alif: reset must be one of {RESETS}, got {reset!r}")
+    if not (math.isfinite(width) and width > 0):
+        raise ValueError(f"alif: the rect surrogate's width must be > 0, got {width}")
+    if not (math.isfinite(alpha) and alpha > 0):
+        raise ValueError(f"alif: the atan surrogate's alpha must be > 0, got {alpha}")
+
+
+class _Spike(torch.autograd.Function):
+    """o = H(d), d = h - v_th; backward replaces dH/dd by the surrogate."""
+
+    @staticmethod
+    def forward(ctx, d, surrogate, width, alpha):
+        ctx.save_for_backward(d)
+        ctx.surrogate, ctx.width, ctx.alpha = surrogate, width, alpha
+        return (d >= 0).to(d.dtype)
+
+    @staticmethod
+    def backward(ctx, grad):
+        (d,) = ctx.saved_tensors
+        if ctx.surrogate == "rect":
+            s = (d.abs() < ctx.width / 2).to(d.dtype) / ctx.width
+        else:
+            s = (ctx.alpha / 2) / (1 + (math.pi / 2 * ctx.alpha * d) ** 2)
+        return grad * s, None, None, None
+
+
+def _per_channel_view(p: Tensor, step_dims: int) -> Tensor:
+    """A () parameter as is; a (C,) one viewed to broadcast over one step (B, C, ...)."""
+    if p.dim() == 0:
+        return p
+    return p.view(p.shape[0], *([1] * (step_dims - 2)))
+
+
+def alif_ref(
+    x: Tensor,
+    tau: Tensor,
+    v_th: Tensor,
+    u0: Tensor = None,
+    *,
+    surrogate: str = "rect",
+    width: float = 1.0,
+    alpha: float = 2.0,
+    reset: str = "hard",
+    detach_reset: bool = False,
+    return_state: bool = False,
+):
+    """Adaptive LIF over T steps, as an explicit loop.
+
+    x: (T, B, ...); tau, v_th: () or (C,) with C = x.shape[2]; u0: (B, ...) or None (zeros).
+    For t = 0..T-1, with u_{-1} = u0:
+        h_t = tau * u_{t-1} + x_t
+        o_t = H(h_t - v_th)                        (surrogate gradient in backward)
+        u_t = h_t * (1 - o_t)  (hard)   |   u_t = h_t - v_th * o_t  (soft)
+    o_t in the reset term is detached when detach_reset. Returns spikes (T, B, ...), and the final
+    state u_{T-1} (B, ...) too when return_state.
+    """
+    check_alif_options(surrogate, width, alpha, reset)
+    step_dims = x.dim() - 1
+    tau_b = _per_channel_view(tau, step_dims)
+    vth_b = _per_channel_view(v_th, step_dims)
+    u = torch.zeros_like(x[0]) if u0 is None else u0
+    spikes = []
+    for t in range(x.shape[0]):
+        h = tau_b * u + x[t]
+        o = _Spike.apply(h - vth_b, surrogate, width, alpha)
+        o_reset = o.detach() if detach_reset else o
+        u = h * (1 - o_reset) if reset == "hard" else h - vth_b * o_reset
+        spikes.append(o)
+    out = torch.stack(spikes)
+    return (out, u) if return_state else out

@@ -1,0 +1,118 @@
+// Shared by the CPU and CUDA implementations of the alif op family: the parameter struct, the
+// input checks (one place, so both backends say the same thing), and the per-step math.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+#include <c10/util/Exception.h>
+
+#include <cmath>
+#include <optional>
+#include <string_view>
+#include <vector>
+
+#ifdef __CUDACC__
+#define ALIF_HD __host__ __device__ __forceinline__
+#else
+#define ALIF_HD inline
+#endif
+
+namespace alif_cuda {
+
+enum class Surrogate : int { Rect = 0, Atan = 1 };
+
+// Geometry of one alif call. Neurons of one time step are laid out as (B, C, I): C is the channel
+// dim (dim 2 of x) when some parameter is per-channel, else C = 1 and I = N / B. A parameter that
+// is scalar reads index 0 whatever the channel.
+struct AlifParams {
+  int64_t T = 0;  // time steps
+  int64_t N = 0;  // neurons per time step
+  int64_t B = 1, C = 1, I = 1;
+  bool tau_per_channel = false;
+  bool vth_per_channel = false;
+  bool soft_reset = false;
+  bool detach_reset = false;
+  bool static_x = false;  // x is (B, ...), the same input at every step
+  bool has_u0 = false;
+  Surrogate surrogate = Surrogate::Rect;
+  double width = 1.0;
+  double alpha = 2.0;
+};
+
+// Checks alif_fwd's arguments (everything a user can get wrong, with what was expected) and fills
+// the geometry: from x when time-major, from x and steps when x is static.
+AlifParams make_alif_fwd_params(const at::Tensor& x, const at::Tensor& tau,
+                                const at::Tensor& v_th, const std::optional<at::Tensor>& u0,
+                                std::optional<int64_t> steps, std::string_view reset,
+                                bool detach_reset, std::string_view surrogate, double width,
+                                double alpha);
+
+// The same for alif_bwd: geometry from x_static or grad_spikes, plus the backward-only options.
+AlifParams make_alif_bwd_params(const at::Tensor& grad_spikes,
+                                const std::optional<at::Tensor>& grad_u_last,
+                                const std::optional<at::Tensor>& h,
+                                const std::optional<at::Tensor>& x_static, const at::Tensor& tau,
+                                const at::Tensor& v_th, const std::optional<at::Tensor>& u0,
+                                std::string_view reset, bool detach_reset,
+                                std::string_view surrogate, double width, double alpha);
+
+struct AlifFwdOutputs {
+  at::Tensor spikes, u_last, h;
+};
+
+// Allocates alif_fwd's outputs (see the schema in ops.cpp).
+AlifFwdOutputs alloc_alif_fwd(const at::Tensor& x, const AlifParams& p, bool save_h);
+
+// dL/dparam from its per-channel sums (C,): summed to () for a scalar parameter, in its dtype.
+at::Tensor param_grad(const at::Tensor& channel_sums, const at::Tensor& param);
+
+// Shape of one time step of the output: x.shape[1:] for time-major x, x.shape for static x.
+std::vector<int64_t> step_shape(const at::Tensor& x, bool static_x);
+
+// ---- per-step math, identical on host and device -------------------------------------------
+// Written as separate multiply and add (and built without FMA contraction) so that h is bitwise
+// the value PyTorch's eager reference computes: spikes are then identical, not merely close.
+
+template <typename acc_t>
+ALIF_HD acc_t charge(acc_t tau, acc_t u_prev, acc_t x) {
+  return tau * u_prev + x;
+}
+
+template <typename acc_t>
+ALIF_HD acc_t reset_state(acc_t h, bool spike, acc_t v_th, bool soft) {
+  if (soft) return spike ? h - v_th : h;
+  return spike ? acc_t(0) : h;
+}
+
+template <typename acc_t>
+ALIF_HD acc_t surrogate_grad(acc_t d, Surrogate kind, acc_t width, acc_t alpha) {
+  if (kind == Surrogate::Rect) {
+    return (d < width / acc_t(2) && d > -width / acc_t(2)) ? acc_t(1) / width : acc_t(0);
+  }
+  const acc_t z = acc_t(M_PI / 2) * alpha * d;
+  return (alpha / acc_t(2)) / (acc_t(1) + z * z);
+}
+
+// One step of BPTT, t from T-1 down to 0. In: h_t, u_{t-1}, g_t = dL/do_t, du = dL/du_t.
+// Out: dh = dL/dh_t, and the step's contributions to dL/dtau and dL/dv_th. The caller sets
+// du <- tau * dh for step t-1.
+template <typename acc_t>
+struct BpttStep {
+  acc_t dh, dtau, dvth;
+};
+
+template <typename acc_t>
+ALIF_HD BpttStep<acc_t> bptt_step(acc_t h, acc_t u_prev, acc_t g, acc_t du, acc_t v_th,
+                                  bool soft, bool detach, Surrogate kind, acc_t width,
+                                  acc_t alpha) {
+  const bool spike = h >= v_th;
+  const acc_t s = surrogate_grad(h - v_th, kind, width, alpha);
+  const acc_t c = soft ? v_th : h;  // d(reset term)/d(o_t), up to sign
+  const acc_t g_total = detach ? g : g - du * c;
+  BpttStep<acc_t> r;
+  r.dh = s * g_total + (soft ? du : (spike ? acc_t(0) : du));
+  r.dtau = r.dh * u_prev;
+  r.dvth = -s * g_total - ((soft && spike) ? du : acc_t(0));
+  return r;
+}
+
+}  // namespace alif_cuda
