@@ -103,25 +103,29 @@ def _as_param(value: Union[float, Tensor], x: Tensor) -> Tensor:
 def _static_source(x: Tensor) -> Optional[Tensor]:
     """The (B, ...) tensor behind an x expanded over time (stride 0 along dim 0), or None.
 
-    Gradients must reach that tensor summed over time without PyTorch materialising a (T, B, ...)
-    gradient for the expanded view, so when x requires grad we take the tensor it was expanded
-    from (x._base, when its geometry is exactly one step of x); otherwise x is treated as an
-    ordinary time-major input.
+    Its gradient must be the sum over time, computed by the kernel, without PyTorch building a
+    (T, B, ...) gradient for the expanded view. In eager mode we take the tensor x was expanded
+    from (x._base, when its geometry is exactly one step of x) so autograd skips the expand node.
+    Otherwise we select step 0 through autograd: the select/expand backward then adds up to the
+    same gradient (under torch.compile, Inductor fuses it). An expanded leaf is T separate inputs
+    to autograd, each owed its own gradient, so it runs as an ordinary time-major x.
     """
     if x.dim() < 2 or x.shape[0] < 2 or x.stride(0) != 0:
         return None
     if not x.requires_grad:
         return x[0]
-    base = x._base
-    if (
-        x.grad_fn is not None
-        and base is not None
-        and base.shape == x.shape[1:]
-        and base.stride() == x.stride()[1:]
-        and base.storage_offset() == x.storage_offset()
-    ):
-        return base
-    return None
+    if x.is_leaf:
+        return None
+    if not torch.compiler.is_compiling():
+        base = x._base
+        if (
+            base is not None
+            and base.shape == x.shape[1:]
+            and base.stride() == x.stride()[1:]
+            and base.storage_offset() == x.storage_offset()
+        ):
+            return base
+    return x[0]
 
 
 def alif(
