@@ -28,9 +28,12 @@ use_cuda = not cpu_only and CUDA_HOME is not None and (force_cuda or torch.cuda.
 debug = env_flag("DEBUG")
 opt = ["-O0", "-g"] if debug else ["-O3"]
 sources = sorted(glob.glob("csrc/*.cpp"))
-extra_compile_args = {"cxx": list(opt)}
+# -fopenmp: at::parallel_for is a header template, so the extension itself must enable OpenMP.
+extra_compile_args = {"cxx": opt + ["-fopenmp"]}
 if use_cuda:
     sources += sorted(glob.glob("csrc/*.cu"))
+    # --fmad=false: h = tau * u + x must round like PyTorch's separate multiply and add, so the
+    # kernels' spikes equal the reference's bit for bit (the kernels are memory-bound; no cost).
     extra_compile_args["nvcc"] = opt + ["-lineinfo", "--fmad=false"]
     extra_compile_args["cxx"].append("-DALIF_CUDA_WITH_CUDA")
     extension = CUDAExtension
@@ -45,6 +48,7 @@ setup(
             sources,
             include_dirs=[os.path.abspath("csrc")],
             extra_compile_args=extra_compile_args,
+            extra_link_args=["-fopenmp"],
             py_limited_api=False,
         )
     ],

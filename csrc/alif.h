@@ -8,6 +8,7 @@
 #include <cmath>
 #include <optional>
 #include <string_view>
+#include <type_traits>
 #include <vector>
 
 #ifdef __CUDACC__
@@ -68,6 +69,16 @@ at::Tensor param_grad(const at::Tensor& channel_sums, const at::Tensor& param);
 // Shape of one time step of the output: x.shape[1:] for time-major x, x.shape for static x.
 std::vector<int64_t> step_shape(const at::Tensor& x, bool static_x);
 
+// Calls f(std::bool_constant<a>, std::bool_constant<b>): runtime flags become template flags.
+template <typename F>
+void bool_switch2(bool a, bool b, F&& f) {
+  if (a) {
+    b ? f(std::true_type{}, std::true_type{}) : f(std::true_type{}, std::false_type{});
+  } else {
+    b ? f(std::false_type{}, std::true_type{}) : f(std::false_type{}, std::false_type{});
+  }
+}
+
 // ---- per-step math, identical on host and device -------------------------------------------
 // Written as separate multiply and add (and built without FMA contraction) so that h is bitwise
 // the value PyTorch's eager reference computes: spikes are then identical, not merely close.
@@ -77,16 +88,30 @@ ALIF_HD acc_t charge(acc_t tau, acc_t u_prev, acc_t x) {
   return tau * u_prev + x;
 }
 
+// Branch-free (spikes and masks as 0/1 numbers): the CPU loops vectorise and no branch is
+// mispredicted on random data. u = h * (1 - o) and h - v_th * o are also exactly the reference's
+// expressions.
 template <typename acc_t>
-ALIF_HD acc_t reset_state(acc_t h, bool spike, acc_t v_th, bool soft) {
-  if (soft) return spike ? h - v_th : h;
-  return spike ? acc_t(0) : h;
+ALIF_HD acc_t spike_of(acc_t h, acc_t v_th) {
+  return acc_t(h >= v_th);
+}
+
+template <typename acc_t>
+ALIF_HD acc_t reset_state(acc_t h, acc_t o, acc_t v_th, bool soft) {
+  return soft ? h - v_th * o : h * (acc_t(1) - o);
+}
+
+// u_t from h_t alone: the spike is recomputed with the same comparison the forward made.
+template <typename acc_t>
+ALIF_HD acc_t reset_after(acc_t h, acc_t v_th, bool soft) {
+  return reset_state(h, spike_of(h, v_th), v_th, soft);
 }
 
 template <typename acc_t>
 ALIF_HD acc_t surrogate_grad(acc_t d, Surrogate kind, acc_t width, acc_t alpha) {
   if (kind == Surrogate::Rect) {
-    return (d < width / acc_t(2) && d > -width / acc_t(2)) ? acc_t(1) / width : acc_t(0);
+    const acc_t half = width / acc_t(2);
+    return acc_t(d < half) * acc_t(d > -half) / width;
   }
   const acc_t z = acc_t(M_PI / 2) * alpha * d;
   return (alpha / acc_t(2)) / (acc_t(1) + z * z);
@@ -104,14 +129,14 @@ template <typename acc_t>
 ALIF_HD BpttStep<acc_t> bptt_step(acc_t h, acc_t u_prev, acc_t g, acc_t du, acc_t v_th,
                                   bool soft, bool detach, Surrogate kind, acc_t width,
                                   acc_t alpha) {
-  const bool spike = h >= v_th;
+  const acc_t o = spike_of(h, v_th);
   const acc_t s = surrogate_grad(h - v_th, kind, width, alpha);
-  const acc_t c = soft ? v_th : h;  // d(reset term)/d(o_t), up to sign
+  const acc_t c = soft ? v_th : h;  // d u_t / d o_t = -c
   const acc_t g_total = detach ? g : g - du * c;
   BpttStep<acc_t> r;
-  r.dh = s * g_total + (soft ? du : (spike ? acc_t(0) : du));
+  r.dh = s * g_total + (soft ? du : du * (acc_t(1) - o));
   r.dtau = r.dh * u_prev;
-  r.dvth = -s * g_total - ((soft && spike) ? du : acc_t(0));
+  r.dvth = -s * g_total - (soft ? du * o : acc_t(0));
   return r;
 }
 

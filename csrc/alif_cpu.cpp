@@ -40,7 +40,7 @@ struct NeuronParams {
   }
 };
 
-template <typename scalar_t>
+template <typename scalar_t, bool kSoft>
 void alif_fwd_cpu_kernel(const AlifParams& p, const scalar_t* x, const at::opmath_type<scalar_t>* tau,
                          const at::opmath_type<scalar_t>* v_th, const scalar_t* u0,
                          scalar_t* spikes, scalar_t* u_last, at::opmath_type<scalar_t>* h_out) {
@@ -57,10 +57,10 @@ void alif_fwd_cpu_kernel(const AlifParams& p, const scalar_t* x, const at::opmat
         scalar_t* st = spikes + t * p.N + n0;
         for (int64_t k = 0; k < len; ++k) {
           const acc_t h = charge(prm.tau[k], u[k], acc_t(xt[k]));
-          const bool spike = h >= prm.v_th[k];
-          st[k] = scalar_t(spike ? 1 : 0);
+          const acc_t o = spike_of(h, prm.v_th[k]);
+          st[k] = scalar_t(o);
           if (h_out) h_out[t * p.N + n0 + k] = h;
-          u[k] = reset_state(h, spike, prm.v_th[k], p.soft_reset);
+          u[k] = reset_state(h, o, prm.v_th[k], kSoft);
         }
       }
       for (int64_t k = 0; k < len; ++k) u_last[n0 + k] = scalar_t(u[k]);
@@ -69,7 +69,8 @@ void alif_fwd_cpu_kernel(const AlifParams& p, const scalar_t* x, const at::opmat
 }
 
 // Writes dL/dx, dL/du0 and, per neuron, that neuron's sum over time of the dtau and dv_th terms.
-template <typename scalar_t>
+// The reset kind and the surrogate are template flags so the inner loop is branch-free.
+template <typename scalar_t, bool kSoft, bool kRect>
 void alif_bwd_cpu_kernel(const AlifParams& p, const scalar_t* grad_spikes,
                          const scalar_t* grad_u_last, const at::opmath_type<scalar_t>* h_saved,
                          const scalar_t* x_static, const at::opmath_type<scalar_t>* tau,
@@ -78,46 +79,48 @@ void alif_bwd_cpu_kernel(const AlifParams& p, const scalar_t* grad_spikes,
                          at::opmath_type<scalar_t>* dvth_n) {
   using acc_t = at::opmath_type<scalar_t>;
   const acc_t width = acc_t(p.width), alpha = acc_t(p.alpha);
+  constexpr Surrogate kind = kRect ? Surrogate::Rect : Surrogate::Atan;
   at::parallel_for(0, p.N, kBlock, [&](int64_t begin, int64_t end) {
     NeuronParams<acc_t> prm;
-    acc_t du[kBlock], gx[kBlock], dtau[kBlock], dvth[kBlock];
+    acc_t u_start[kBlock], du[kBlock], gx[kBlock], dtau[kBlock], dvth[kBlock];
     // A static x saved no h: recompute the block's h history forward, then walk it backward.
     std::vector<acc_t> history(p.static_x ? p.T * kBlock : 0);
     for (int64_t n0 = begin; n0 < end; n0 += kBlock) {
       const int64_t len = std::min(kBlock, end - n0);
       prm.load(p, tau, v_th, n0, len);
-      auto u_init = [&](int64_t k) { return u0 ? acc_t(u0[n0 + k]) : acc_t(0); };
-      if (p.static_x) {
-        for (int64_t k = 0; k < len; ++k) du[k] = u_init(k);  // du holds u here, briefly
-        for (int64_t t = 0; t < p.T; ++t) {
-          for (int64_t k = 0; k < len; ++k) {
-            const acc_t h = charge(prm.tau[k], du[k], acc_t(x_static[n0 + k]));
-            history[t * kBlock + k] = h;
-            du[k] = reset_state(h, h >= prm.v_th[k], prm.v_th[k], p.soft_reset);
-          }
-        }
-      }
-      auto h_at = [&](int64_t t, int64_t k) {
-        return p.static_x ? history[t * kBlock + k] : h_saved[t * p.N + n0 + k];
-      };
       for (int64_t k = 0; k < len; ++k) {
+        u_start[k] = u0 ? acc_t(u0[n0 + k]) : acc_t(0);
         du[k] = grad_u_last ? acc_t(grad_u_last[n0 + k]) : acc_t(0);
         gx[k] = dtau[k] = dvth[k] = acc_t(0);
       }
-      for (int64_t t = p.T - 1; t >= 0; --t) {
-        const scalar_t* gt = grad_spikes + t * p.N + n0;
-        for (int64_t k = 0; k < len; ++k) {
-          acc_t u_prev = u_init(k);
-          if (t > 0) {
-            const acc_t hp = h_at(t - 1, k);
-            u_prev = reset_state(hp, hp >= prm.v_th[k], prm.v_th[k], p.soft_reset);
+      if (p.static_x) {
+        for (int64_t k = 0; k < len; ++k) gx[k] = u_start[k];  // gx holds u here, briefly
+        for (int64_t t = 0; t < p.T; ++t) {
+          acc_t* ht = history.data() + t * kBlock;
+          for (int64_t k = 0; k < len; ++k) {
+            ht[k] = charge(prm.tau[k], gx[k], acc_t(x_static[n0 + k]));
+            gx[k] = reset_after(ht[k], prm.v_th[k], kSoft);
           }
-          const auto r = bptt_step(h_at(t, k), u_prev, acc_t(gt[k]), du[k], prm.v_th[k],
-                                   p.soft_reset, p.detach_reset, p.surrogate, width, alpha);
-          if (p.static_x) {
-            gx[k] += r.dh;
+        }
+        for (int64_t k = 0; k < len; ++k) gx[k] = acc_t(0);
+      }
+      auto h_row = [&](int64_t t) {
+        return p.static_x ? history.data() + t * kBlock : h_saved + t * p.N + n0;
+      };
+      for (int64_t t = p.T - 1; t >= 0; --t) {
+        const acc_t* ht = h_row(t);
+        const acc_t* hp = t > 0 ? h_row(t - 1) : nullptr;
+        const scalar_t* gt = grad_spikes + t * p.N + n0;
+        scalar_t* gxt = p.static_x ? nullptr : grad_x + t * p.N + n0;
+        for (int64_t k = 0; k < len; ++k) {
+          const acc_t u_prev =
+              hp ? reset_after(hp[k], prm.v_th[k], kSoft) : u_start[k];
+          const auto r = bptt_step(ht[k], u_prev, acc_t(gt[k]), du[k], prm.v_th[k], kSoft,
+                                   p.detach_reset, kind, width, alpha);
+          if (gxt) {
+            gxt[k] = scalar_t(r.dh);
           } else {
-            grad_x[t * p.N + n0 + k] = scalar_t(r.dh);
+            gx[k] += r.dh;
           }
           dtau[k] += r.dtau;
           dvth[k] += r.dvth;
@@ -174,10 +177,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> alif_fwd_cpu(
     using acc_t = at::opmath_type<scalar_t>;
     const auto acc = c10::CppTypeToScalarType<acc_t>::value;
     const at::Tensor tau_c = tau.to(acc).contiguous(), vth_c = v_th.to(acc).contiguous();
-    alif_fwd_cpu_kernel<scalar_t>(
+    bool_switch2(p.soft_reset, false, [&](auto soft, auto) {
+      alif_fwd_cpu_kernel<scalar_t, decltype(soft)::value>(
         p, xc.data_ptr<scalar_t>(), tau_c.data_ptr<acc_t>(), vth_c.data_ptr<acc_t>(),
         u0c.defined() ? u0c.data_ptr<scalar_t>() : nullptr, out.spikes.data_ptr<scalar_t>(),
         out.u_last.data_ptr<scalar_t>(), out.h.numel() ? out.h.data_ptr<acc_t>() : nullptr);
+    });
   });
   return {out.spikes, out.u_last, out.h};
 }
@@ -207,13 +212,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> alif_bwd_cpu(
     const at::Tensor tau_c = tau.to(acc_opts.dtype()).contiguous();
     const at::Tensor vth_c = v_th.to(acc_opts.dtype()).contiguous();
     at::Tensor dtau_n = at::empty({p.N}, acc_opts), dvth_n = at::empty({p.N}, acc_opts);
-    alif_bwd_cpu_kernel<scalar_t>(
+    bool_switch2(p.soft_reset, p.surrogate == Surrogate::Rect, [&](auto soft, auto rect) {
+      alif_bwd_cpu_kernel<scalar_t, decltype(soft)::value, decltype(rect)::value>(
         p, g.data_ptr<scalar_t>(), gu.defined() ? gu.data_ptr<scalar_t>() : nullptr,
         hc.defined() ? hc.data_ptr<acc_t>() : nullptr,
         xs.defined() ? xs.data_ptr<scalar_t>() : nullptr, tau_c.data_ptr<acc_t>(),
         vth_c.data_ptr<acc_t>(), u0c.defined() ? u0c.data_ptr<scalar_t>() : nullptr,
         grad_x.data_ptr<scalar_t>(), grad_u0.numel() ? grad_u0.data_ptr<scalar_t>() : nullptr,
         dtau_n.data_ptr<acc_t>(), dvth_n.data_ptr<acc_t>());
+    });
     grad_tau = param_grad(sum_per_channel(p, dtau_n.data_ptr<acc_t>(), acc_opts), tau);
     grad_vth = param_grad(sum_per_channel(p, dvth_n.data_ptr<acc_t>(), acc_opts), v_th);
   });

@@ -31,16 +31,6 @@ constexpr int kMaxGridY = 65535;
 
 int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
-// Calls f(std::bool_constant<soft>, std::bool_constant<static_x>) with the runtime flags.
-template <typename F>
-void bool_switch2(bool soft, bool static_x, F&& f) {
-  if (soft) {
-    static_x ? f(std::true_type{}, std::true_type{}) : f(std::true_type{}, std::false_type{});
-  } else {
-    static_x ? f(std::false_type{}, std::true_type{}) : f(std::false_type{}, std::false_type{});
-  }
-}
-
 // Sums a and b over the block in a fixed order; thread 0 gets the totals.
 template <typename acc_t>
 __device__ void block_sum2(acc_t& a, acc_t& b) {
@@ -82,10 +72,10 @@ __global__ void __launch_bounds__(kThreads)
   for (int64_t t = 0; t < p.T; ++t) {
     const int64_t idx = t * p.N + n;
     const acc_t h = charge(tau_n, u, kStatic ? x_static : acc_t(x[idx]));
-    const bool spike = h >= vth_n;
-    spikes[idx] = scalar_t(spike ? acc_t(1) : acc_t(0));
+    const acc_t o = spike_of(h, vth_n);
+    spikes[idx] = scalar_t(o);
     if (h_out) h_out[idx] = h;
-    u = reset_state(h, spike, vth_n, kSoft);
+    u = reset_state(h, o, vth_n, kSoft);
   }
   u_last[n] = scalar_t(u);
 }
@@ -131,7 +121,7 @@ __global__ void __launch_bounds__(kThreads)
           acc_t u = u_init;
           for (int64_t t = 0; t < t0; ++t) {
             const acc_t h = charge(tau_n, u, xv);
-            u = reset_state(h, h >= vth_n, vth_n, kSoft);
+            u = reset_after(h, vth_n, kSoft);
           }
           const acc_t u_start = u;
           acc_t hist[kStaticChunk];
@@ -139,14 +129,14 @@ __global__ void __launch_bounds__(kThreads)
           for (int k = 0; k < kStaticChunk; ++k) {
             if (t0 + k < t1) {
               hist[k] = charge(tau_n, u, xv);
-              u = reset_state(hist[k], hist[k] >= vth_n, vth_n, kSoft);
+              u = reset_after(hist[k], vth_n, kSoft);
             }
           }
 #pragma unroll
           for (int k = kStaticChunk - 1; k >= 0; --k) {
             if (t0 + k < t1) {
               const acc_t u_prev =
-                  k > 0 ? reset_state(hist[k - 1], hist[k - 1] >= vth_n, vth_n, kSoft) : u_start;
+                  k > 0 ? reset_after(hist[k - 1], vth_n, kSoft) : u_start;
               gx += step(t0 + k, hist[k], u_prev);
             }
           }
@@ -158,7 +148,7 @@ __global__ void __launch_bounds__(kThreads)
           acc_t u_prev = u_init, h_prev = 0;
           if (t > 0) {
             h_prev = h_saved[(t - 1) * p.N + n];
-            u_prev = reset_state(h_prev, h_prev >= vth_n, vth_n, kSoft);
+            u_prev = reset_after(h_prev, vth_n, kSoft);
           }
           grad_x[t * p.N + n] = scalar_t(step(t, h, u_prev));
           h = h_prev;

@@ -1,0 +1,89 @@
+"""The ALIF module: parameters, forward through the op, state, repr, bad arguments."""
+import math
+
+import pytest
+import torch
+
+from alif_cuda import ALIF, alif_ref
+from conftest import device_params
+
+
+@pytest.mark.parametrize("device", device_params())
+@pytest.mark.parametrize("tau_param", ["sigmoid", "direct"])
+@pytest.mark.parametrize("per_channel", [None, 3])
+def test_module_matches_reference_and_learns(device, tau_param, per_channel):
+    torch.manual_seed(0)
+    neuron = ALIF(tau=0.3, v_th=0.25, per_channel=per_channel, tau_param=tau_param,
+                  reset="soft", surrogate="atan", detach_reset=True).to(device)
+    torch.testing.assert_close(neuron.tau, torch.full(neuron.tau.shape, 0.3, device=device))
+    x = torch.randn(6, 2, 3, 4, device=device)
+    out = neuron(x)
+    want = alif_ref(x, neuron.tau, neuron.v_th, surrogate="atan", reset="soft", detach_reset=True)
+    assert torch.equal(out, want)
+    out.sum().backward()
+    assert neuron.tau_raw.grad is not None and neuron.tau_raw.grad.shape == neuron.tau_raw.shape
+    assert neuron.v_th.grad is not None and torch.isfinite(neuron.v_th.grad).all()
+
+
+def test_fixed_neuron_has_no_parameters():
+    neuron = ALIF(learnable=False)
+    assert list(neuron.parameters()) == []
+    assert set(neuron.state_dict()) == {"tau_raw", "v_th"}
+    torch.testing.assert_close(neuron.tau, torch.tensor(0.25))
+
+
+def test_sigmoid_tau_stays_in_unit_interval_while_learning():
+    neuron = ALIF(tau=0.9)
+    with torch.no_grad():
+        neuron.tau_raw += 100.0
+    assert 0 < neuron.tau.item() <= 1
+
+
+def test_stateful_chunks_equal_one_sequence():
+    torch.manual_seed(1)
+    x = torch.randn(10, 4, 5, dtype=torch.float64)
+    whole = ALIF(tau=0.4, v_th=0.3).double()
+    chunked = ALIF(tau=0.4, v_th=0.3, stateful=True).double()
+    out = whole(x)
+    out_c = torch.cat([chunked(x[:4]), chunked(x[4:])])
+    assert torch.equal(out, out_c)
+    out.sum().backward()
+    out_c.sum().backward()  # BPTT across the two chunks
+    torch.testing.assert_close(chunked.tau_raw.grad, whole.tau_raw.grad)
+    torch.testing.assert_close(chunked.v_th.grad, whole.v_th.grad)
+    chunked.reset_state()
+    assert chunked.state is None
+    assert torch.equal(chunked(x), out)
+    chunked.detach_state()
+    assert chunked.state.grad_fn is None
+    with pytest.raises(ValueError, match=r"kept state has shape \(4, 5\).*call reset_state\(\)"):
+        chunked(x[:, :2])
+
+
+def test_extra_repr_shows_values_and_options():
+    text = repr(ALIF(tau=0.25, v_th=0.2, surrogate="atan", reset="soft"))
+    assert "tau=0.25" in text and "v_th=0.2" in text
+    assert "surrogate=atan(alpha=2)" in text and "reset=soft" in text
+    assert "per_channel=8" in repr(ALIF(per_channel=8))
+
+
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        (dict(tau=1.0), r"tau must be in \(0, 1\)"),
+        (dict(tau=math.nan, tau_param="direct"), "tau must be finite"),
+        (dict(v_th=math.inf), "v_th must be finite"),
+        (dict(per_channel=0), "per_channel must be None or a positive int"),
+        (dict(tau_param="exp"), "tau_param must be one of"),
+        (dict(surrogate="box"), "surrogate must be one of"),
+        (dict(reset="none"), "reset must be one of"),
+    ],
+)
+def test_bad_constructor_arguments(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        ALIF(**kwargs)
+
+
+def test_per_channel_size_mismatch_is_reported():
+    with pytest.raises(RuntimeError, match=r"tau must have shape \(\) or \(4,\)"):
+        ALIF(per_channel=3)(torch.zeros(2, 1, 4, 5))
