@@ -64,14 +64,9 @@ def _alif_setup_context(ctx, inputs, output):
 
 
 def _alif_backward(ctx, grad_spikes, grad_u_last, _grad_h):
+    # Outputs that got no gradient arrive as zeros (autograd materialises them).
     saved, tau, v_th, u0 = ctx.saved_tensors
     reset, detach_reset, surrogate, width, alpha = ctx.options
-    if grad_spikes is None:
-        T = saved.shape[0] if not ctx.static else None
-        grad_spikes = torch.zeros(
-            (T, *grad_u_last.shape) if T is not None else grad_u_last.shape,
-            dtype=grad_u_last.dtype, device=grad_u_last.device,
-        )
     need_grad_u0 = u0 is not None and ctx.needs_input_grad[3]
     grad_x, grad_tau, grad_vth, grad_u0 = torch.ops.alif_cuda.alif_bwd(
         grad_spikes.contiguous(),

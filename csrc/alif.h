@@ -93,7 +93,7 @@ ALIF_HD acc_t charge(acc_t tau, acc_t u_prev, acc_t x) {
 // expressions.
 template <typename acc_t>
 ALIF_HD acc_t spike_of(acc_t h, acc_t v_th) {
-  return acc_t(h >= v_th);
+  return h >= v_th ? acc_t(1) : acc_t(0);
 }
 
 template <typename acc_t>

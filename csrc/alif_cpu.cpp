@@ -32,36 +32,42 @@ struct NeuronParams {
   acc_t v_th[kBlock];
   // Fills the per-neuron tau and v_th of neurons [n0, n0 + len).
   void load(const AlifParams& p, const acc_t* tau_p, const acc_t* vth_p, int64_t n0, int64_t len) {
+    // Channel c of neuron n is (n / I) % C: divide once, then step through (c, i).
+    int64_t c = (n0 / p.I) % p.C, i = n0 % p.I;
     for (int64_t k = 0; k < len; ++k) {
-      const int64_t c = ((n0 + k) / p.I) % p.C;
       tau[k] = tau_p[p.tau_per_channel ? c : 0];
       v_th[k] = vth_p[p.vth_per_channel ? c : 0];
+      if (++i == p.I) {
+        i = 0;
+        c = c + 1 == p.C ? 0 : c + 1;
+      }
     }
   }
 };
 
 template <typename scalar_t, bool kSoft>
-void alif_fwd_cpu_kernel(const AlifParams& p, const scalar_t* x, const at::opmath_type<scalar_t>* tau,
-                         const at::opmath_type<scalar_t>* v_th, const scalar_t* u0,
-                         scalar_t* spikes, scalar_t* u_last, at::opmath_type<scalar_t>* h_out) {
+void alif_fwd_cpu_kernel(const AlifParams& p, const scalar_t* __restrict__ x, const at::opmath_type<scalar_t>* __restrict__ tau,
+                         const at::opmath_type<scalar_t>* __restrict__ v_th, const scalar_t* __restrict__ u0,
+                         scalar_t* __restrict__ spikes, scalar_t* __restrict__ u_last, at::opmath_type<scalar_t>* __restrict__ h_out) {
   using acc_t = at::opmath_type<scalar_t>;
   at::parallel_for(0, p.N, kBlock, [&](int64_t begin, int64_t end) {
     NeuronParams<acc_t> prm;
-    acc_t u[kBlock];
+    acc_t u[kBlock], h[kBlock];
     for (int64_t n0 = begin; n0 < end; n0 += kBlock) {
       const int64_t len = std::min(kBlock, end - n0);
       prm.load(p, tau, v_th, n0, len);
       for (int64_t k = 0; k < len; ++k) u[k] = u0 ? acc_t(u0[n0 + k]) : acc_t(0);
       for (int64_t t = 0; t < p.T; ++t) {
-        const scalar_t* xt = x + (p.static_x ? 0 : t * p.N) + n0;
-        scalar_t* st = spikes + t * p.N + n0;
+        const scalar_t* __restrict__ xt = x + (p.static_x ? 0 : t * p.N) + n0;
+        scalar_t* __restrict__ st = spikes + t * p.N + n0;
+        // No store is conditional inside the loop, so it vectorises; h is copied out after.
         for (int64_t k = 0; k < len; ++k) {
-          const acc_t h = charge(prm.tau[k], u[k], acc_t(xt[k]));
-          const acc_t o = spike_of(h, prm.v_th[k]);
+          h[k] = charge(prm.tau[k], u[k], acc_t(xt[k]));
+          const acc_t o = spike_of(h[k], prm.v_th[k]);
           st[k] = scalar_t(o);
-          if (h_out) h_out[t * p.N + n0 + k] = h;
-          u[k] = reset_state(h, o, prm.v_th[k], kSoft);
+          u[k] = reset_state(h[k], o, prm.v_th[k], kSoft);
         }
+        if (h_out) std::copy(h, h + len, h_out + t * p.N + n0);
       }
       for (int64_t k = 0; k < len; ++k) u_last[n0 + k] = scalar_t(u[k]);
     }
@@ -71,12 +77,12 @@ void alif_fwd_cpu_kernel(const AlifParams& p, const scalar_t* x, const at::opmat
 // Writes dL/dx, dL/du0 and, per neuron, that neuron's sum over time of the dtau and dv_th terms.
 // The reset kind and the surrogate are template flags so the inner loop is branch-free.
 template <typename scalar_t, bool kSoft, bool kRect>
-void alif_bwd_cpu_kernel(const AlifParams& p, const scalar_t* grad_spikes,
-                         const scalar_t* grad_u_last, const at::opmath_type<scalar_t>* h_saved,
-                         const scalar_t* x_static, const at::opmath_type<scalar_t>* tau,
-                         const at::opmath_type<scalar_t>* v_th, const scalar_t* u0,
-                         scalar_t* grad_x, scalar_t* grad_u0, at::opmath_type<scalar_t>* dtau_n,
-                         at::opmath_type<scalar_t>* dvth_n) {
+void alif_bwd_cpu_kernel(const AlifParams& p, const scalar_t* __restrict__ grad_spikes,
+                         const scalar_t* __restrict__ grad_u_last, const at::opmath_type<scalar_t>* __restrict__ h_saved,
+                         const scalar_t* __restrict__ x_static, const at::opmath_type<scalar_t>* __restrict__ tau,
+                         const at::opmath_type<scalar_t>* __restrict__ v_th, const scalar_t* __restrict__ u0,
+                         scalar_t* __restrict__ grad_x, scalar_t* __restrict__ grad_u0, at::opmath_type<scalar_t>* __restrict__ dtau_n,
+                         at::opmath_type<scalar_t>* __restrict__ dvth_n) {
   using acc_t = at::opmath_type<scalar_t>;
   const acc_t width = acc_t(p.width), alpha = acc_t(p.alpha);
   constexpr Surrogate kind = kRect ? Surrogate::Rect : Surrogate::Atan;
@@ -96,7 +102,7 @@ void alif_bwd_cpu_kernel(const AlifParams& p, const scalar_t* grad_spikes,
       if (p.static_x) {
         for (int64_t k = 0; k < len; ++k) gx[k] = u_start[k];  // gx holds u here, briefly
         for (int64_t t = 0; t < p.T; ++t) {
-          acc_t* ht = history.data() + t * kBlock;
+          acc_t* __restrict__ ht = history.data() + t * kBlock;
           for (int64_t k = 0; k < len; ++k) {
             ht[k] = charge(prm.tau[k], gx[k], acc_t(x_static[n0 + k]));
             gx[k] = reset_after(ht[k], prm.v_th[k], kSoft);
@@ -108,10 +114,10 @@ void alif_bwd_cpu_kernel(const AlifParams& p, const scalar_t* grad_spikes,
         return p.static_x ? history.data() + t * kBlock : h_saved + t * p.N + n0;
       };
       for (int64_t t = p.T - 1; t >= 0; --t) {
-        const acc_t* ht = h_row(t);
-        const acc_t* hp = t > 0 ? h_row(t - 1) : nullptr;
-        const scalar_t* gt = grad_spikes + t * p.N + n0;
-        scalar_t* gxt = p.static_x ? nullptr : grad_x + t * p.N + n0;
+        const acc_t* __restrict__ ht = h_row(t);
+        const acc_t* __restrict__ hp = t > 0 ? h_row(t - 1) : nullptr;
+        const scalar_t* __restrict__ gt = grad_spikes + t * p.N + n0;
+        scalar_t* __restrict__ gxt = p.static_x ? nullptr : grad_x + t * p.N + n0;
         for (int64_t k = 0; k < len; ++k) {
           const acc_t u_prev =
               hp ? reset_after(hp[k], prm.v_th[k], kSoft) : u_start[k];

@@ -185,8 +185,9 @@ AlifFwdOutputs alloc_alif_fwd(const at::Tensor& x, const AlifParams& p, bool sav
 }
 
 at::Tensor param_grad(const at::Tensor& channel_sums, const at::Tensor& param) {
-  const at::Tensor g = param.dim() == 0 ? channel_sums.sum() : channel_sums;
-  return g.to(param.scalar_type());
+  if (param.dim() == 0) return channel_sums.sum().to(param.scalar_type());
+  // Always a fresh tensor: channel_sums may be a row of a buffer the other gradient shares.
+  return channel_sums.to(param.scalar_type(), /*non_blocking=*/false, /*copy=*/true);
 }
 
 TORCH_LIBRARY(alif_cuda, m) {
