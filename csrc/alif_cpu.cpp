@@ -46,9 +46,12 @@ struct NeuronParams {
 };
 
 template <typename scalar_t, bool kSoft>
-void alif_fwd_cpu_kernel(const AlifParams& p, const scalar_t* __restrict__ x, const at::opmath_type<scalar_t>* __restrict__ tau,
-                         const at::opmath_type<scalar_t>* __restrict__ v_th, const scalar_t* __restrict__ u0,
-                         scalar_t* __restrict__ spikes, scalar_t* __restrict__ u_last, at::opmath_type<scalar_t>* __restrict__ h_out) {
+void alif_fwd_cpu_kernel(const AlifParams& p, const scalar_t* __restrict__ x,
+                         const at::opmath_type<scalar_t>* __restrict__ tau,
+                         const at::opmath_type<scalar_t>* __restrict__ v_th,
+                         const scalar_t* __restrict__ u0, scalar_t* __restrict__ spikes,
+                         scalar_t* __restrict__ u_last,
+                         at::opmath_type<scalar_t>* __restrict__ h_out) {
   using acc_t = at::opmath_type<scalar_t>;
   at::parallel_for(0, p.N, kBlock, [&](int64_t begin, int64_t end) {
     NeuronParams<acc_t> prm;
@@ -78,10 +81,14 @@ void alif_fwd_cpu_kernel(const AlifParams& p, const scalar_t* __restrict__ x, co
 // The reset kind and the surrogate are template flags so the inner loop is branch-free.
 template <typename scalar_t, bool kSoft, bool kRect>
 void alif_bwd_cpu_kernel(const AlifParams& p, const scalar_t* __restrict__ grad_spikes,
-                         const scalar_t* __restrict__ grad_u_last, const at::opmath_type<scalar_t>* __restrict__ h_saved,
-                         const scalar_t* __restrict__ x_static, const at::opmath_type<scalar_t>* __restrict__ tau,
-                         const at::opmath_type<scalar_t>* __restrict__ v_th, const scalar_t* __restrict__ u0,
-                         scalar_t* __restrict__ grad_x, scalar_t* __restrict__ grad_u0, at::opmath_type<scalar_t>* __restrict__ dtau_n,
+                         const scalar_t* __restrict__ grad_u_last,
+                         const at::opmath_type<scalar_t>* __restrict__ h_saved,
+                         const scalar_t* __restrict__ x_static,
+                         const at::opmath_type<scalar_t>* __restrict__ tau,
+                         const at::opmath_type<scalar_t>* __restrict__ v_th,
+                         const scalar_t* __restrict__ u0, scalar_t* __restrict__ grad_x,
+                         scalar_t* __restrict__ grad_u0,
+                         at::opmath_type<scalar_t>* __restrict__ dtau_n,
                          at::opmath_type<scalar_t>* __restrict__ dvth_n) {
   using acc_t = at::opmath_type<scalar_t>;
   const acc_t width = acc_t(p.width), alpha = acc_t(p.alpha);
