@@ -63,6 +63,17 @@ struct AlifFwdOutputs {
 // Allocates alif_fwd's outputs (see the schema in ops.cpp).
 AlifFwdOutputs alloc_alif_fwd(const at::Tensor& x, const AlifParams& p, bool save_h);
 
+// alif_bwd's inputs made contiguous (undefined when absent) and its dL/dx, dL/du0 outputs.
+struct AlifBwdBuffers {
+  at::Tensor grad_spikes, grad_u_last, h, x_static, u0, grad_x, grad_u0;
+};
+
+AlifBwdBuffers prepare_alif_bwd(const AlifParams& p, const at::Tensor& grad_spikes,
+                                const std::optional<at::Tensor>& grad_u_last,
+                                const std::optional<at::Tensor>& h,
+                                const std::optional<at::Tensor>& x_static,
+                                const std::optional<at::Tensor>& u0, bool need_grad_u0);
+
 // dL/dparam from its per-channel sums (C,): summed to () for a scalar parameter, in its dtype.
 at::Tensor param_grad(const at::Tensor& channel_sums, const at::Tensor& param);
 

@@ -210,14 +210,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> alif_bwd_cpu(
                                             reset, detach_reset, surrogate, width, alpha);
   check_cpu_float("alif_bwd", grad_spikes);
   check_finite_params("alif_bwd", tau, v_th);
-  const at::Tensor g = grad_spikes.contiguous();
-  const at::Tensor gu = grad_u_last.has_value() ? grad_u_last->contiguous() : at::Tensor();
-  const at::Tensor hc = h.has_value() ? h->contiguous() : at::Tensor();
-  const at::Tensor xs = x_static.has_value() ? x_static->contiguous() : at::Tensor();
-  const at::Tensor u0c = u0.has_value() ? u0->contiguous() : at::Tensor();
-  at::Tensor grad_x = at::empty(p.static_x ? xs.sizes() : g.sizes(), g.options());
-  at::Tensor grad_u0 = at::empty(need_grad_u0 && p.has_u0 ? u0c.sizes() : at::IntArrayRef{0},
-                                 g.options());
+  const AlifBwdBuffers buf =
+      prepare_alif_bwd(p, grad_spikes, grad_u_last, h, x_static, u0, need_grad_u0);
+  const at::Tensor &g = buf.grad_spikes, &gu = buf.grad_u_last, &hc = buf.h, &xs = buf.x_static,
+                   &u0c = buf.u0, &grad_x = buf.grad_x, &grad_u0 = buf.grad_u0;
   at::Tensor grad_tau, grad_vth;
   AT_DISPATCH_FLOATING_TYPES(g.scalar_type(), "alif_bwd_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;

@@ -184,6 +184,27 @@ AlifFwdOutputs alloc_alif_fwd(const at::Tensor& x, const AlifParams& p, bool sav
   return out;
 }
 
+AlifBwdBuffers prepare_alif_bwd(const AlifParams& p, const at::Tensor& grad_spikes,
+                                const std::optional<at::Tensor>& grad_u_last,
+                                const std::optional<at::Tensor>& h,
+                                const std::optional<at::Tensor>& x_static,
+                                const std::optional<at::Tensor>& u0, bool need_grad_u0) {
+  auto contiguous = [](const std::optional<at::Tensor>& t) {
+    return t.has_value() ? t->contiguous() : at::Tensor();
+  };
+  AlifBwdBuffers b;
+  b.grad_spikes = grad_spikes.contiguous();
+  b.grad_u_last = contiguous(grad_u_last);
+  b.h = contiguous(h);
+  b.x_static = contiguous(x_static);
+  b.u0 = contiguous(u0);
+  const auto& g = b.grad_spikes;
+  b.grad_x = at::empty(p.static_x ? b.x_static.sizes() : g.sizes(), g.options());
+  b.grad_u0 = at::empty(need_grad_u0 && p.has_u0 ? b.u0.sizes() : at::IntArrayRef{0},
+                        g.options());
+  return b;
+}
+
 at::Tensor param_grad(const at::Tensor& channel_sums, const at::Tensor& param) {
   if (param.dim() == 0) return channel_sums.sum().to(param.scalar_type());
   // Always a fresh tensor: channel_sums may be a row of a buffer the other gradient shares.
