@@ -3,9 +3,12 @@ decoding (TAID), with plain-PyTorch references and drop-in modules."""
 import torch
 
 from . import _C  # noqa: F401  (loading the library registers torch.ops.alif_cuda.*)
-from .nn import ALIF
-from .ops import alif, cuda_kernels_available
-from .reference import alif_ref
+from .nn import ALIF, TAID, MembraneDecoder, make_decoder
+from .ops import alif, cuda_kernels_available, taid
+from .reference import alif_ref, taid_ref
 
 __version__ = "0.1.0"
-__all__ = ["ALIF", "alif", "alif_ref", "cuda_kernels_available"]
+__all__ = [
+    "ALIF", "TAID", "MembraneDecoder", "make_decoder",
+    "alif", "alif_ref", "taid", "taid_ref", "cuda_kernels_available",
+]

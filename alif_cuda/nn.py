@@ -1,12 +1,13 @@
-"""Drop-in spiking modules built on the fused ops. Time-first: inputs are (T, B, ...)."""
+"""Drop-in spiking modules built on the fused ops, and the image decoders. Time-first: inputs are
+(T, B, ...)."""
 import math
 from typing import Optional
 
 import torch
 from torch import Tensor, nn
 
-from .ops import alif
-from .reference import check_alif_options
+from .ops import alif, taid
+from .reference import check_alif_options, check_taid_options
 
 TAU_PARAMS = ("sigmoid", "direct")
 
@@ -122,3 +123,74 @@ class ALIF(nn.Module):
             f"surrogate={surrogate}, reset={self.reset}, detach_reset={self.detach_reset}"
             + (", stateful=True" if self.stateful else "")
         )
+
+
+def _check_steps(who: str, T: int) -> None:
+    if not isinstance(T, int) or isinstance(T, bool) or T < 1:
+        raise ValueError(f"{who}: T must be a positive int, got {T!r}")
+
+
+def _check_decoder_input(who: str, s: Tensor, T: int) -> None:
+    if s.dim() != 5 or s.shape[0] != T:
+        raise ValueError(
+            f"{who}: expected s of shape (T={T}, B, C, H, W), got {tuple(s.shape)}"
+        )
+
+
+class TAID(nn.Module):
+    """Temporal attention image decoding: (T, B, C, H, W) -> (B, C, H, W), by :func:`alif_cuda.taid`.
+
+    Holds ``w`` (T, T), initialised like PyTorch's default ``Conv1d(T, T, 1)`` weight,
+    U(-1/sqrt(T), 1/sqrt(T)). Returns y before the image's tanh, which the model applies.
+    """
+
+    def __init__(self, T: int, reduce: str = "sum"):
+        super().__init__()
+        _check_steps("TAID", T)
+        check_taid_options(reduce)
+        self.T, self.reduce = T, reduce
+        self.w = nn.Parameter(torch.empty(T, T))
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        # Conv1d's default: kaiming_uniform_ with a = sqrt(5) gives bound 1 / sqrt(fan_in), fan_in = T.
+        nn.init.kaiming_uniform_(self.w, a=math.sqrt(5))
+
+    def forward(self, s: Tensor) -> Tensor:
+        _check_decoder_input("TAID", s, self.T)
+        return taid(s, self.w, self.reduce)
+
+    def extra_repr(self) -> str:
+        return f"T={self.T}, reduce={self.reduce}"
+
+
+class MembraneDecoder(nn.Module):
+    """FSVAE's decoding, the baseline TAID replaces: the membrane of a non-firing leaky integrator,
+    y = sum_t decay^(T-1-t) s_t, (T, B, C, H, W) -> (B, C, H, W). Nothing is learned."""
+
+    def __init__(self, T: int, decay: float = 0.8):
+        super().__init__()
+        _check_steps("MembraneDecoder", T)
+        if not (math.isfinite(decay) and 0 < decay <= 1):
+            raise ValueError(f"MembraneDecoder: decay must be in (0, 1], got {decay}")
+        self.T, self.decay = T, decay
+        self.register_buffer(
+            "weights", torch.tensor([decay ** (T - 1 - t) for t in range(T)]), persistent=False
+        )
+
+    def forward(self, s: Tensor) -> Tensor:
+        _check_decoder_input("MembraneDecoder", s, self.T)
+        return torch.tensordot(self.weights.to(s.dtype), s, dims=([0], [0]))
+
+    def extra_repr(self) -> str:
+        return f"T={self.T}, decay={self.decay:g}"
+
+
+DECODERS = {"taid": TAID, "membrane": MembraneDecoder}
+
+
+def make_decoder(name: str, T: int, **kwargs) -> nn.Module:
+    """The image decoder called ``name`` ("taid" or "membrane") for T time steps."""
+    if name not in DECODERS:
+        raise ValueError(f"make_decoder: name must be one of {tuple(DECODERS)}, got {name!r}")
+    return DECODERS[name](T, **kwargs)

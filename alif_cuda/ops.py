@@ -8,7 +8,7 @@ from typing import Optional, Tuple, Union
 import torch
 from torch import Tensor
 
-from .reference import check_alif_options
+from .reference import check_alif_options, check_taid_options
 
 REBUILD_COMMAND = (
     "FORCE_CUDA=1 CUDA_HOME=/usr/local/cuda pip install --no-build-isolation --force-reinstall ."
@@ -175,3 +175,61 @@ def alif(
         float(alpha),
     )
     return (spikes, u_last) if return_state else spikes
+
+
+@torch.library.register_fake("alif_cuda::taid_fwd")
+def _taid_fwd_fake(s, w, reduce):
+    stat_dtype = _state_dtype(s.dtype)
+    return s.new_empty(s.shape[1:]), s.new_empty(s.shape[:3], dtype=stat_dtype), s.new_empty(
+        s.shape[:3], dtype=stat_dtype
+    )
+
+
+@torch.library.register_fake("alif_cuda::taid_bwd")
+def _taid_bwd_fake(grad_y, s, w, attn, squeezed, reduce):
+    return s.new_empty(s.shape), w.new_empty(w.shape)
+
+
+def _taid_setup_context(ctx, inputs, output):
+    s, w, reduce = inputs
+    _, attn, squeezed = output
+    ctx.save_for_backward(s, w, attn, squeezed)
+    ctx.reduce = reduce
+
+
+def _taid_backward(ctx, grad_y, _grad_attn, _grad_squeezed):
+    s, w, attn, squeezed = ctx.saved_tensors
+    grad_s, grad_w = torch.ops.alif_cuda.taid_bwd(
+        grad_y.contiguous(), s, w, attn, squeezed, ctx.reduce
+    )
+    return grad_s, grad_w, None
+
+
+torch.library.register_autograd(
+    "alif_cuda::taid_fwd", _taid_backward, setup_context=_taid_setup_context
+)
+
+
+def taid(
+    s: Tensor, w: Tensor, reduce: str = "sum", *, return_attention: bool = False
+) -> Union[Tensor, Tuple[Tensor, Tensor]]:
+    """Temporal attention image decoding (TAID), forward and backward each one fused kernel.
+
+    s: (T, B, C, H, W) real-valued decoder output (float32/float64 on CPU, also float16/bfloat16
+       on CUDA); w: (T, T) attention weights (any float dtype; used in the math dtype).
+        X[t, b, c] = mean over (h, w) of s[t, b, c]               (squeeze)
+        A[t, b, c] = sigmoid(sum_t' w[t, t'] X[t', b, c])          (temporal attention)
+        y[b, c]    = sum_t A[t, b, c] * s[t, b, c]  (/ T for reduce="mean")
+    reduce="sum" follows the paper's official code, "mean" its text. The image is tanh(y).
+
+    Saved for backward: s, w and the small (T, B, C) tensors X and A. Returns y (B, C, H, W) in
+    s's dtype, and A (T, B, C, float32; float64 for float64 s; not differentiable) too when
+    return_attention. The oracle is :func:`alif_cuda.reference.taid_ref`.
+    """
+    check_taid_options(reduce)
+    for name, t in (("s", s), ("w", w)):
+        if not isinstance(t, Tensor):
+            raise TypeError(f"taid: {name} must be a Tensor, got {type(t).__name__}")
+    _check_device(s)
+    y, attn, _ = torch.ops.alif_cuda.taid_fwd(s, w, reduce)
+    return (y, attn.detach()) if return_attention else y

@@ -87,3 +87,36 @@ def alif_ref(
         spikes.append(o)
     out = torch.stack(spikes)
     return (out, u) if return_state else out
+
+
+REDUCES = ("sum", "mean")
+
+
+def check_taid_options(reduce: str) -> None:
+    """Raise ValueError for an unknown reduction."""
+    if reduce not in REDUCES:
+        raise ValueError(f"taid: reduce must be one of {REDUCES}, got {reduce!r}")
+
+
+def taid_ref(s: Tensor, w: Tensor, reduce: str = "sum", *, return_attention: bool = False):
+    """Temporal attention image decoding, step by step.
+
+    s: (T, B, C, H, W) real-valued decoder output; w: (T, T).
+        X[t, b, c] = mean over (h, w) of s[t, b, c]               (squeeze)
+        A[t, b, c] = sigmoid(sum_t' w[t, t'] X[t', b, c])          (temporal attention)
+        y[b, c]    = sum_t A[t, b, c] * s[t, b, c]  (/ T for reduce="mean")
+    Computes in float32 for float16/bfloat16 s (as the kernels do) and returns y (B, C, H, W) in
+    s's dtype, and A (T, B, C) in the math dtype too when return_attention.
+    """
+    check_taid_options(reduce)
+    math_dtype = torch.float64 if s.dtype == torch.float64 else torch.float32
+    s_m = s.to(math_dtype)
+    w_m = w.to(math_dtype)
+    T = s.shape[0]
+    X = s_m.mean(dim=(3, 4))
+    A = torch.stack([torch.sigmoid(sum(w_m[t, k] * X[k] for k in range(T))) for t in range(T)])
+    y = sum(A[t, :, :, None, None] * s_m[t] for t in range(T))
+    if reduce == "mean":
+        y = y / T
+    y = y.to(s.dtype)
+    return (y, A) if return_attention else y

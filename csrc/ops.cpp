@@ -1,10 +1,11 @@
 // Op schemas of the alif_cuda library and the argument checks every backend shares. The kernels
-// live in alif_cpu.cpp and alif_cuda.cu; fake kernels and autograd in alif_cuda/ops.py.
+// live in <op>_cpu.cpp and <op>_cuda.cu; fake kernels and autograd in alif_cuda/ops.py.
 #include <Python.h>
 #include <ATen/ops/empty.h>
 #include <torch/library.h>
 
 #include "alif.h"
+#include "taid.h"
 
 namespace alif_cuda {
 
@@ -211,6 +212,73 @@ at::Tensor param_grad(const at::Tensor& channel_sums, const at::Tensor& param) {
   return channel_sums.to(param.scalar_type(), /*non_blocking=*/false, /*copy=*/true);
 }
 
+namespace {
+
+void check_reduce(const char* who, std::string_view reduce) {
+  TORCH_CHECK(reduce == "sum" || reduce == "mean", who,
+              ": reduce must be \"sum\" or \"mean\", got \"", std::string(reduce), "\"");
+}
+
+}  // namespace
+
+TaidParams make_taid_fwd_params(const at::Tensor& s, const at::Tensor& w,
+                                std::string_view reduce) {
+  const char* who = "taid";
+  TORCH_CHECK(is_float_dtype(s.scalar_type()), who,
+              ": s must be float32, float64, float16 or bfloat16, got ", s.scalar_type());
+  TORCH_CHECK(s.dim() == 5 && s.size(0) >= 1, who,
+              ": s must be (T, B, C, H, W) with T >= 1, got shape ", shape_str(s.sizes()));
+  TORCH_CHECK(s.size(3) * s.size(4) >= 1, who,
+              ": s's planes must hold at least one pixel (H * W >= 1), got shape ",
+              shape_str(s.sizes()));
+  TaidParams p;
+  p.T = s.size(0);
+  p.planes = s.size(1) * s.size(2);
+  p.plane_size = s.size(3) * s.size(4);
+  TORCH_CHECK(is_float_dtype(w.scalar_type()), who, ": w must be a floating-point tensor, got ",
+              w.scalar_type());
+  TORCH_CHECK(w.device() == s.device(), who, ": w must be on s's device (", s.device(),
+              "), got ", w.device());
+  TORCH_CHECK(w.dim() == 2 && w.size(0) == p.T && w.size(1) == p.T, who,
+              ": w must be (T, T) = [", p.T, ", ", p.T, "] for s with T = ", p.T,
+              " time steps, got shape ", shape_str(w.sizes()));
+  check_reduce(who, reduce);
+  p.mean = reduce == "mean";
+  return p;
+}
+
+TaidParams make_taid_bwd_params(const at::Tensor& grad_y, const at::Tensor& s,
+                                const at::Tensor& w, const at::Tensor& attn,
+                                const at::Tensor& squeezed, std::string_view reduce) {
+  const char* who = "taid_bwd";
+  const TaidParams p = make_taid_fwd_params(s, w, reduce);
+  const auto y_shape = s.sizes().slice(1);
+  TORCH_CHECK(grad_y.sizes() == y_shape && grad_y.scalar_type() == s.scalar_type() &&
+                  grad_y.device() == s.device(),
+              who, ": grad_y must be ", s.scalar_type(), " of shape ", shape_str(y_shape), " on ",
+              s.device(), ", got ", grad_y.scalar_type(), " of shape ", shape_str(grad_y.sizes()),
+              " on ", grad_y.device());
+  const auto state_dtype = s.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  const auto stat_shape = s.sizes().slice(0, 3);
+  for (const auto* t : {&attn, &squeezed}) {
+    TORCH_CHECK(t->sizes() == stat_shape && t->scalar_type() == state_dtype &&
+                    t->device() == s.device(),
+                who, ": attn and squeezed must be ", state_dtype, " of shape ",
+                shape_str(stat_shape), " on ", s.device(), " (taid_fwd's outputs), got ",
+                t->scalar_type(), " of shape ", shape_str(t->sizes()), " on ", t->device());
+  }
+  return p;
+}
+
+TaidFwdOutputs alloc_taid_fwd(const at::Tensor& s) {
+  const auto state_dtype = s.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  TaidFwdOutputs out;
+  out.y = at::empty(s.sizes().slice(1), s.options());
+  out.attn = at::empty(s.sizes().slice(0, 3), s.options().dtype(state_dtype));
+  out.squeezed = at::empty(s.sizes().slice(0, 3), s.options().dtype(state_dtype));
+  return out;
+}
+
 TORCH_LIBRARY(alif_cuda, m) {
   // x: (T, B, ...), or (B, ...) repeated over `steps` steps when steps is given (static input).
   // Returns spikes (T, B, ...) in x's dtype, the final state u_{T-1} (B, ...) in x's dtype, and h
@@ -229,6 +297,14 @@ TORCH_LIBRARY(alif_cuda, m) {
       "alif_bwd(Tensor grad_spikes, Tensor? grad_u_last, Tensor? h, Tensor? x_static, Tensor tau, "
       "Tensor v_th, Tensor? u0, str reset, bool detach_reset, str surrogate, float width, "
       "float alpha, bool need_grad_u0) -> (Tensor, Tensor, Tensor, Tensor)");
+  // s: (T, B, C, H, W), w: (T, T), reduce "sum" or "mean". Returns the decoded y (B, C, H, W) in
+  // s's dtype, and the attention A and squeezed means X (T, B, C) in float32 (float64 for float64
+  // s), which the backward reuses.
+  m.def("taid_fwd(Tensor s, Tensor w, str reduce) -> (Tensor, Tensor, Tensor)");
+  // Gradient of taid_fwd: returns dL/ds (s's shape and dtype) and dL/dw (w's dtype).
+  m.def(
+      "taid_bwd(Tensor grad_y, Tensor s, Tensor w, Tensor attn, Tensor squeezed, str reduce) "
+      "-> (Tensor, Tensor)");
 }
 
 }  // namespace alif_cuda
