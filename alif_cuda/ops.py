@@ -89,6 +89,29 @@ torch.library.register_autograd(
 )
 
 
+def _refuse_double_backward(op_name: str):
+    """An autograd formula for a backward op that says double backward is unsupported (without
+    one, autograd would silently treat the op's outputs as constants and return zeros)."""
+
+    def backward(ctx, *grads):
+        raise RuntimeError(
+            f"alif_cuda: double backward through {op_name} (e.g. autograd.grad with "
+            "create_graph=True, then differentiating the result) is not supported"
+        )
+
+    return backward
+
+
+def _no_context(ctx, inputs, output):
+    pass
+
+
+for _op in ("alif_bwd", "taid_bwd"):
+    torch.library.register_autograd(
+        f"alif_cuda::{_op}", _refuse_double_backward(_op), setup_context=_no_context
+    )
+
+
 def _as_param(value: Union[float, Tensor], x: Tensor) -> Tensor:
     if isinstance(value, Tensor):
         return value

@@ -111,3 +111,12 @@ def test_mixed_devices():
         alif(x, torch.tensor(0.5), torch.tensor(0.2, device="cuda"))
     with pytest.raises(RuntimeError, match=r"u0 must be on x's device"):
         alif(x, 0.5, 0.2, torch.zeros(4))
+
+
+@pytest.mark.parametrize("device", device_params())
+def test_double_backward_is_refused(device):
+    """Without a formula, autograd would silently return zeros for the second derivative."""
+    x = torch.randn(4, 3, device=device, dtype=torch.float64, requires_grad=True)
+    (grad_x,) = torch.autograd.grad(alif(x, 0.5, 0.2).sum(), x, create_graph=True)
+    with pytest.raises(RuntimeError, match="double backward through alif_bwd .* is not supported"):
+        grad_x.sum().backward()

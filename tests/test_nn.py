@@ -1,9 +1,10 @@
-"""The ALIF module: parameters, forward through the op, state, repr, bad arguments."""
+"""The spiking and decoder modules: parameters, forward through the ops, state, repr, bad arguments."""
 import math
 
 import pytest
 import torch
 
+import alif_cuda
 from alif_cuda import ALIF, alif_ref
 from conftest import device_params
 
@@ -87,3 +88,42 @@ def test_bad_constructor_arguments(kwargs, match):
 def test_per_channel_size_mismatch_is_reported():
     with pytest.raises(RuntimeError, match=r"tau must have shape \(\) or \(4,\)"):
         ALIF(per_channel=3)(torch.zeros(2, 1, 4, 5))
+
+
+def test_taid_module_initialises_like_conv1d():
+    """w is drawn exactly as PyTorch's default Conv1d(T, T, 1) weight."""
+    for T in (1, 4, 16):
+        torch.manual_seed(7)
+        conv = torch.nn.Conv1d(T, T, 1)
+        torch.manual_seed(7)
+        module = alif_cuda.TAID(T)
+        assert torch.equal(module.w.detach(), conv.weight.detach().squeeze(-1))
+        assert module.w.abs().max() <= T ** -0.5
+
+
+def test_taid_module_forward_and_gradient():
+    torch.manual_seed(0)
+    module = alif_cuda.TAID(6, reduce="mean")
+    s = torch.randn(6, 2, 3, 4, 5, dtype=torch.float64, requires_grad=True)
+    y = module.double()(s)
+    y_ref = alif_cuda.taid_ref(s, module.w, "mean")
+    torch.testing.assert_close(y, y_ref)
+    y.square().sum().backward()
+    assert module.w.grad is not None and module.w.grad.abs().sum() > 0
+    assert "T=6, reduce=mean" in repr(module)
+
+
+def test_membrane_decoder_is_fsvae_leaky_integrator():
+    T = 5
+    s = torch.randn(T, 2, 1, 3, 3, dtype=torch.float64)
+    want = torch.zeros_like(s[0])
+    for t in range(T):  # a non-firing leaky integrator with decay 0.8
+        want = 0.8 * want + s[t]
+    torch.testing.assert_close(alif_cuda.MembraneDecoder(T)(s), want)
+    assert list(alif_cuda.MembraneDecoder(T).state_dict()) == []
+
+
+def test_make_decoder_by_name():
+    assert isinstance(alif_cuda.make_decoder("taid", 16), alif_cuda.TAID)
+    assert isinstance(alif_cuda.make_decoder("membrane", 16, decay=0.9), alif_cuda.MembraneDecoder)
+    assert alif_cuda.make_decoder("taid", 8, reduce="mean").reduce == "mean"
