@@ -22,6 +22,22 @@ int64_t plane_grain(const TaidParams& p) {
   return std::max<int64_t>(1, 32768 / std::max<int64_t>(1, p.T * p.plane_size));
 }
 
+// sum_{i < n} term(i) in kLanes interleaved partial sums: independent chains the compiler turns
+// into SIMD adds (a single running sum is one dependent add per element). Fixed order.
+template <typename acc_t, typename Term>
+acc_t lane_sum(int64_t n, Term&& term) {
+  constexpr int kLanes = 16;
+  acc_t lanes[kLanes] = {};
+  int64_t i = 0;
+  for (; i + kLanes <= n; i += kLanes) {
+    for (int k = 0; k < kLanes; ++k) lanes[k] += term(i + k);
+  }
+  acc_t total = 0;
+  for (; i < n; ++i) total += term(i);
+  for (int k = 0; k < kLanes; ++k) total += lanes[k];
+  return total;
+}
+
 void check_cpu_float(const char* who, const at::Tensor& s) {
   TORCH_CHECK(s.scalar_type() == at::kFloat || s.scalar_type() == at::kDouble, who,
               ": on CPU s must be float32 or float64 (float16/bfloat16 run on CUDA), got ",
@@ -41,9 +57,7 @@ void taid_fwd_cpu_kernel(const TaidParams& p, const scalar_t* __restrict__ s,
     for (int64_t plane = begin; plane < end; ++plane) {
       for (int64_t t = 0; t < p.T; ++t) {
         const scalar_t* st = s + (t * p.planes + plane) * HW;
-        acc_t sum = 0;
-        for (int64_t i = 0; i < HW; ++i) sum += acc_t(st[i]);
-        X[t] = sum / acc_t(HW);
+        X[t] = lane_sum<acc_t>(HW, [st](int64_t i) { return acc_t(st[i]); }) / acc_t(HW);
       }
       std::fill(row.begin(), row.end(), acc_t(0));
       for (int64_t t = 0; t < p.T; ++t) {
@@ -77,8 +91,8 @@ void taid_bwd_cpu_kernel(const TaidParams& p, const scalar_t* __restrict__ g,
       const scalar_t* gp = g + plane * HW;
       for (int64_t t = 0; t < p.T; ++t) {
         const scalar_t* st = s + (t * p.planes + plane) * HW;
-        acc_t G = 0;
-        for (int64_t i = 0; i < HW; ++i) G += acc_t(gp[i]) * acc_t(st[i]);
+        const acc_t G =
+            lane_sum<acc_t>(HW, [gp, st](int64_t i) { return acc_t(gp[i]) * acc_t(st[i]); });
         const acc_t a = attn[t * p.planes + plane];
         dz[t] = G * scale * a * (acc_t(1) - a);
         dZ[t * p.planes + plane] = dz[t];

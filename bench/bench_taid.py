@@ -1,0 +1,100 @@
+"""TAID decoding: the fused taid op against the PyTorch reference, eager and under torch.compile.
+
+    python bench/bench_taid.py [--device cuda|cpu] [--dtype float32|bfloat16|float16]
+                               [--T 16] [--batch 250] [--reps 20]
+
+Sizes are FSVAE's (T=16, batch 250, C in {1, 3}, 32x32 and 64x64 planes). For each provider and
+mode (forward; forward+backward) it prints the median time (CUDA events after warm-up on a GPU),
+the bandwidth over the bytes the op must move (forward: read s, write y; backward: read s and
+grad_y, write grad_s), that bandwidth as a share of this device's copy bandwidth measured in the
+same run, and the peak memory beyond the inputs (GPU only). Every size first checks that the
+providers agree. Results go to bench/results/taid_<device>.json and .md.
+"""
+import argparse
+import sys
+
+import torch
+
+import alif_cuda
+from alif_cuda import taid, taid_ref
+from common import copy_gbps, device_name, markdown_table, peak_extra_mb, time_ms, write_results
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+PLANES = [(1, 32), (3, 32), (1, 64), (3, 64)]  # (C, H = W)
+
+
+def providers(compile_ref: bool):
+    out = {"alif_cuda": taid, "reference": taid_ref}
+    if compile_ref:
+        out["reference+compile"] = torch.compile(taid_ref)
+    return out
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--dtype", choices=DTYPES, default="float32")
+    parser.add_argument("--T", type=int, default=16)
+    parser.add_argument("--batch", type=int, default=250)
+    parser.add_argument("--reps", type=int, default=20)
+    parser.add_argument("--no-compile", action="store_true", help="skip the reference+compile provider")
+    parser.add_argument("--no-save", action="store_true", help="print only; write nothing to bench/results")
+    args = parser.parse_args()
+    if min(args.T, args.batch, args.reps) < 1:
+        parser.error("--T, --batch and --reps must be >= 1")
+    device = torch.device(args.device)
+    if device.type == "cuda" and not (torch.cuda.is_available() and alif_cuda.cuda_kernels_available()):
+        parser.error("--device cuda needs a visible GPU and a CUDA build of alif_cuda")
+    dtype = DTYPES[args.dtype]
+    if device.type == "cpu" and dtype != torch.float32:
+        parser.error("on the CPU the taid kernels run in float32 (or float64); use --dtype float32")
+
+    copy = copy_gbps(device)
+    print(f"taid on {device_name(device)}, torch {torch.__version__}, {args.dtype}; "
+          f"copy bandwidth {copy:.0f} GB/s (read + write)\n")
+    esize = torch.tensor([], dtype=dtype).element_size()
+    records, rows = [], []
+    for C, H in PLANES:
+        shape = (args.T, args.batch, C, H, H)
+        s = torch.randn(shape, device=device, dtype=dtype).requires_grad_()
+        w = ((torch.rand(args.T, args.T, device=device) * 2 - 1) * args.T ** -0.5).requires_grad_()
+        g = torch.randn(shape[1:], device=device, dtype=dtype)
+        s_bytes, y_bytes = s.numel() * esize, g.numel() * esize
+        mode_bytes = {"forward": s_bytes + y_bytes, "forward+backward": 2 * s_bytes + y_bytes + s_bytes + y_bytes}
+        with torch.no_grad():
+            torch.testing.assert_close(taid(s, w), taid_ref(s, w), rtol=2e-2, atol=2e-2)
+        for name, fn in providers(not args.no_compile).items():
+            for mode, nbytes in mode_bytes.items():
+                if mode == "forward":
+                    def run(fn=fn):
+                        with torch.no_grad():
+                            fn(s, w)
+                else:
+                    def run(fn=fn):
+                        torch.autograd.grad((fn(s, w) * g).sum(), (s, w))
+                ms = time_ms(run, device, reps=args.reps)
+                gbps = nbytes / (ms * 1e-3) / 1e9
+                peak = peak_extra_mb(run, device)
+                rec = dict(
+                    provider=name, T=args.T, B=args.batch, C=C, H=H, W=H, dtype=args.dtype, mode=mode,
+                    ms=round(ms, 4), gbps=round(gbps, 1), pct_of_copy=round(100 * gbps / copy, 1),
+                    peak_mb=None if peak is None else round(peak, 1), copy_gbps=round(copy, 1),
+                    device=device_name(device), torch=torch.__version__,
+                )
+                records.append(rec)
+                rows.append([f"{C}x{H}x{H}", mode, name, f"{ms:.3f}", f"{gbps:.0f}",
+                             f"{rec['pct_of_copy']:.0f}%", "-" if peak is None else f"{peak:.0f}"])
+                print(f"  C={C} {H}x{H} {mode:16s} {name:18s} {ms:9.3f} ms {gbps:7.0f} GB/s", flush=True)
+    table = markdown_table(
+        [f"plane (C x H x W), T={args.T}, B={args.batch}", "mode", "provider", "ms", "GB/s", "of copy", "peak MB"],
+        rows,
+    )
+    print("\n" + table)
+    if not args.no_save:
+        command = "python bench/bench_taid.py " + " ".join(sys.argv[1:])
+        path = write_results(f"taid_{args.dtype}", device, records, table, command.strip())
+        print(f"\nwrote {path} and {path.with_suffix('.md')}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,95 @@
+"""What every benchmark script shares: timing, the device's copy bandwidth, peak memory, and
+writing results (JSON records plus a Markdown table) under bench/results/ with the device named."""
+import json
+import platform
+import re
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_ms(fn, device: torch.device, reps: int = 20, warmup: int = 3) -> float:
+    """Median time of fn() in ms over `reps` runs after `warmup` runs: CUDA events on a GPU,
+    perf_counter on the CPU."""
+    for _ in range(warmup):
+        fn()
+    sync(device)
+    times = []
+    for _ in range(reps):
+        if device.type == "cuda":
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            fn()
+            end.record()
+            end.synchronize()
+            times.append(start.elapsed_time(end))
+        else:
+            t0 = time.perf_counter()
+            fn()
+            times.append((time.perf_counter() - t0) * 1e3)
+    return statistics.median(times)
+
+
+def peak_extra_mb(fn, device: torch.device):
+    """Memory fn() allocates at its peak beyond what was allocated before it, in MB (CUDA only;
+    None on the CPU, where PyTorch keeps no such statistic)."""
+    if device.type != "cuda":
+        return None
+    sync(device)
+    before = torch.cuda.memory_allocated(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    fn()
+    sync(device)
+    return (torch.cuda.max_memory_allocated(device) - before) / 2**20
+
+
+def copy_gbps(device: torch.device, mb: int = 1024, reps: int = 20) -> float:
+    """Bandwidth of a same-device copy of an `mb`-MB float32 tensor, counting bytes read plus
+    bytes written: the practical ceiling a memory-bound kernel is compared with."""
+    n = mb * 2**20 // 4
+    src = torch.empty(n, device=device).uniform_()
+    dst = torch.empty_like(src)
+    ms = time_ms(lambda: dst.copy_(src), device, reps=reps)
+    return 2 * src.numel() * 4 / (ms * 1e-3) / 1e9
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"CPU {platform.processor() or platform.machine()} ({torch.get_num_threads()} threads)"
+
+
+def device_slug(device: torch.device) -> str:
+    """A file-name-safe tag for the device, e.g. nvidia_h100_80gb_hbm3 or cpu."""
+    if device.type != "cuda":
+        return "cpu"
+    return re.sub(r"[^a-z0-9]+", "_", torch.cuda.get_device_name(device).lower()).strip("_")
+
+
+def markdown_table(columns, rows) -> str:
+    """columns: header strings; rows: lists of cells (already formatted)."""
+    lines = ["| " + " | ".join(columns) + " |", "|" + "|".join("---" for _ in columns) + "|"]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def write_results(name: str, device: torch.device, records, markdown: str, command: str) -> Path:
+    """Writes bench/results/<name>_<device>.json (the records) and .md (the table, headed by the
+    command and device that produced it); returns the JSON path."""
+    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+    stem = RESULTS_DIR / f"{name}_{device_slug(device)}"
+    stem.with_suffix(".json").write_text(json.dumps(records, indent=1) + "\n")
+    header = (
+        f"Produced by `{command}` on {device_name(device)}, torch {torch.__version__}.\n\n"
+    )
+    stem.with_suffix(".md").write_text(header + markdown + "\n")
+    return stem.with_suffix(".json")
