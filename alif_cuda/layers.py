@@ -1,0 +1,70 @@
+"""Small time-first helpers the paper's networks are built from. Inputs are (T, B, ...)."""
+import torch
+from torch import Tensor, nn
+
+
+def repeat_over_time(x: Tensor, T: int) -> Tensor:
+    """x (B, ...) seen as (T, B, ...) without copying (stride 0 over T): the static input of a
+    first spiking layer, which :func:`alif_cuda.alif` reads once."""
+    if not isinstance(T, int) or T < 1:
+        raise ValueError(f"repeat_over_time: T must be a positive int, got {T!r}")
+    return x.unsqueeze(0).expand(T, *x.shape)
+
+
+class TimeDistributed(nn.Module):
+    """Applies ``module`` at every time step: (T, B, ...) -> (T, B, ...'), by folding T into the
+    batch (one call, so a BatchNorm inside normalises over T and B together)."""
+
+    def __init__(self, *modules: nn.Module):
+        super().__init__()
+        if not modules:
+            raise ValueError("TimeDistributed: give at least one module")
+        self.module = modules[0] if len(modules) == 1 else nn.Sequential(*modules)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if x.dim() < 2:
+            raise ValueError(f"TimeDistributed: expected (T, B, ...), got shape {tuple(x.shape)}")
+        T, B = x.shape[:2]
+        y = self.module(x.flatten(0, 1))
+        return y.unflatten(0, (T, B))
+
+
+class TemporalDropout(nn.Module):
+    """Dropout that draws one mask per sample and keeps it for all T steps (PLIF's and the
+    paper's dropout): (T, B, ...) -> (T, B, ...), scaled by 1 / (1 - p) in training."""
+
+    def __init__(self, p: float = 0.5):
+        super().__init__()
+        if not 0 <= p < 1:
+            raise ValueError(f"TemporalDropout: p must be in [0, 1), got {p}")
+        self.p = p
+
+    def forward(self, x: Tensor) -> Tensor:
+        if not self.training or self.p == 0:
+            return x
+        mask = torch.empty(x.shape[1:], device=x.device, dtype=x.dtype).bernoulli_(1 - self.p)
+        return x * (mask / (1 - self.p))
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}"
+
+
+class VotingLayer(nn.Module):
+    """Averages groups of ``group`` consecutive features: (..., F) -> (..., F / group). With 100
+    output neurons and group 10, each class is voted for by 10 neurons (PLIF's voting layer)."""
+
+    def __init__(self, group: int = 10):
+        super().__init__()
+        if not isinstance(group, int) or group < 1:
+            raise ValueError(f"VotingLayer: group must be a positive int, got {group!r}")
+        self.group = group
+
+    def forward(self, x: Tensor) -> Tensor:
+        if x.shape[-1] % self.group:
+            raise ValueError(
+                f"VotingLayer: the last dim ({x.shape[-1]}) must be a multiple of group={self.group}"
+            )
+        return x.unflatten(-1, (-1, self.group)).mean(-1)
+
+    def extra_repr(self) -> str:
+        return f"group={self.group}"
