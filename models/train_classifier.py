@@ -160,7 +160,9 @@ def make_loaders(args, d: tr.Dist, device):
     sampler = DistributedSampler(train_set, num_replicas=d.world, rank=d.rank, shuffle=True, seed=args.seed)
     common = dict(num_workers=args.workers, pin_memory=device.type == "cuda")
     train_loader = DataLoader(train_set, batch_size=args.batch_size, sampler=sampler, **common)
-    test_loader = DataLoader(test_set, batch_size=max(args.batch_size, 256), shuffle=False, **common)
+    # Its own generator: iterating a loader draws a seed, which must not move the training RNG.
+    test_loader = DataLoader(test_set, batch_size=max(args.batch_size, 256), shuffle=False,
+                             generator=torch.Generator(), **common)
     return train_loader, test_loader, sampler
 
 
@@ -257,14 +259,20 @@ def main(argv: Optional[List[str]] = None) -> SpikingClassifier:
         totals = torch.stack([loss_sum, correct.double(), torch.tensor(float(seen), device=device, dtype=torch.float64)])
         if d.world > 1:
             dist.all_reduce(totals)
+            # DDP syncs gradients, and buffers only at the start of a forward: give every rank
+            # rank 0's BatchNorm statistics now, so all hold the model the checkpoint holds.
+            for buffer in model.buffers():
+                dist.broadcast(buffer, 0)
         scheduler.step()
+        if d.main:
+            test_loss, test_acc, _ = evaluate(model, test_loader, device, args.amp)
+        # Every rank's RNG state as the next epoch will find it, for an exact --resume.
         rng = [None] * d.world
         if d.world > 1:
             dist.all_gather_object(rng, tr.rng_state())
         else:
             rng = [tr.rng_state()]
         if d.main:
-            test_loss, test_acc, _ = evaluate(model, test_loader, device, args.amp)
             if test_acc > best_acc:
                 best_acc, best_epoch = test_acc, epoch + 1
             wall = wall_before + time.perf_counter() - started
