@@ -1,5 +1,6 @@
 """Small time-first helpers the paper's networks are built from. Inputs are (T, B, ...)."""
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 
@@ -68,3 +69,32 @@ class VotingLayer(nn.Module):
 
     def extra_repr(self) -> str:
         return f"group={self.group}"
+
+
+class TdBatchNorm(nn.BatchNorm1d):
+    """FSVAE's threshold-dependent batch norm (tdBN) for time-first input (T, B, C, ...):
+    normalises each channel over time, batch and space together, scales by alpha * v_th, then
+    applies the affine weight and bias. Running statistics as BatchNorm's."""
+
+    def __init__(self, channels: int, alpha: float = 1.0, v_th: float = 0.2, eps: float = 1e-5, momentum: float = 0.1):
+        super().__init__(channels, eps=eps, momentum=momentum)
+        self.alpha, self.v_th = alpha, v_th
+
+    def _check_input_dim(self, x: Tensor) -> None:
+        if x.dim() < 3 or x.shape[2] != self.num_features:
+            raise ValueError(
+                f"TdBatchNorm: expected (T, B, {self.num_features}, ...), got shape {tuple(x.shape)}"
+            )
+
+    def forward(self, x: Tensor) -> Tensor:
+        self._check_input_dim(x)
+        if self.training and self.num_batches_tracked is not None:
+            self.num_batches_tracked.add_(1)
+        y = F.batch_norm(
+            x.flatten(0, 1), self.running_mean, self.running_var, self.weight * (self.alpha * self.v_th), self.bias,
+            self.training, self.momentum, self.eps,
+        )
+        return y.unflatten(0, x.shape[:2])
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + f", alpha={self.alpha}, v_th={self.v_th}"

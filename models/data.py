@@ -107,3 +107,45 @@ def classification_dataset(dataset: str, data_dir: str, train: bool, download: b
     cls: Dict[str, type] = {"mnist": MNIST, "fashion": FashionMNIST, "cifar10": datasets.CIFAR10}
     tf = transform if transform is not None else classifier_transforms(dataset, train)
     return cls[dataset](data_dir, train=train, transform=tf, download=download)
+
+
+CELEBA_FILES = ["list_eval_partition.txt", "identity_CelebA.txt", "list_attr_celeba.txt", "list_bbox_celeba.txt",
+                "list_landmarks_align_celeba.txt"]
+
+
+def required_image_files(dataset: str) -> List[List[str]]:
+    """required_files() plus CelebA (DIR/celeba/img_align_celeba and torchvision's list files)."""
+    if dataset == "celeba":
+        return [[f"celeba/{n}"] for n in CELEBA_FILES]
+    return required_files(dataset)
+
+
+def check_image_data_dir(dataset: str, data_dir: str, download: bool) -> None:
+    root = Path(data_dir)
+    missing = [alts[0] for alts in required_image_files(dataset) if not any((root / a).is_file() for a in alts)]
+    if dataset == "celeba" and not (root / "celeba" / "img_align_celeba").is_dir():
+        missing.append("celeba/img_align_celeba/")
+    if missing and not download:
+        raise FileNotFoundError(
+            f"--data-dir {data_dir} does not hold the {dataset} files torchvision's layout needs; "
+            f"missing: {', '.join(missing)}. Point --data-dir at the folder that contains them, or pass "
+            f"--download where a network is available."
+        )
+
+
+def vae_transforms(dataset: str) -> Callable:
+    """FSVAE's preprocessing: 32x32 (MNIST, FashionMNIST, CIFAR-10) or center crop 148 and 64x64
+    (CelebA), scaled to [-1, 1]."""
+    channels = 3 if dataset in ("cifar10", "celeba") else 1
+    steps = [transforms.CenterCrop(148), transforms.Resize(64)] if dataset == "celeba" else [transforms.Resize(32)]
+    steps += [transforms.ToTensor(), transforms.Normalize((0.5,) * channels, (0.5,) * channels)]
+    return transforms.Compose(steps)
+
+
+def image_dataset(dataset: str, data_dir: str, train: bool, download: bool = False):
+    """(image in [-1, 1], label) pairs for the generative models."""
+    check_image_data_dir(dataset, data_dir, download)
+    if dataset == "celeba":
+        return datasets.CelebA(data_dir, split="train" if train else "test", target_type="identity",
+                               transform=vae_transforms(dataset), download=download)
+    return classification_dataset(dataset, data_dir, train, download, transform=vae_transforms(dataset))

@@ -1,0 +1,73 @@
+"""Sample images from a trained VAE checkpoint (FSVAE or ANN).
+
+    python -m models.sample_vae --checkpoint RUN_DIR/checkpoint.pt --out DIR [--num-samples 64] [--data-dir DIR]
+
+Writes DIR/samples.png (a grid), DIR/samples.pt (the images, (N, C, H, W) in [-1, 1]) and, with
+--data-dir, DIR/reconstructions.png (test images above their reconstructions).
+"""
+import argparse
+import math
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+import torch
+from torchvision.utils import save_image
+
+from . import training as tr
+from .data import image_dataset
+from .vae import VAEConfig, build_vae
+
+
+def load_vae(checkpoint: str, device):
+    """(model in eval mode, its checkpoint dict) from a train_vae checkpoint."""
+    ckpt = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    if "model_config" not in ckpt or "decoder" not in ckpt["model_config"]:
+        raise ValueError(f"{checkpoint} is not a train_vae checkpoint")
+    model = build_vae(VAEConfig(**ckpt["model_config"])).to(device)
+    model.load_state_dict(ckpt["model"])
+    return model.eval(), ckpt
+
+
+def save_grid(images: torch.Tensor, path: Path, nrow: Optional[int] = None) -> None:
+    save_image((images.float().clamp(-1, 1) + 1) / 2, str(path), nrow=nrow or int(math.ceil(math.sqrt(len(images)))))
+
+
+def main(argv: Optional[List[str]] = None) -> Path:
+    p = argparse.ArgumentParser(prog="python -m models.sample_vae", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("--num-samples", type=int, default=64)
+    p.add_argument("--data-dir", default=None, help="also write reconstructions of the first test images")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args(argv)
+    if args.num_samples < 1:
+        p.error(f"--num-samples must be >= 1, got {args.num_samples}")
+    if not Path(args.checkpoint).is_file():
+        p.error(f"--checkpoint {args.checkpoint} does not exist")
+    try:
+        tr.check_device_and_amp(args.device, "none")
+        device = tr.pick_device(args.device, tr.Dist())
+        model, ckpt = load_vae(args.checkpoint, device)
+        test = image_dataset(ckpt["recipe"]["dataset"], args.data_dir, train=False) if args.data_dir else None
+    except (ValueError, FileNotFoundError) as e:
+        p.error(str(e))
+    torch.manual_seed(args.seed)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    samples = torch.cat([model.sample(min(256, args.num_samples - i)).cpu() for i in range(0, args.num_samples, 256)])
+    save_grid(samples, out / "samples.png")
+    torch.save(samples, out / "samples.pt")
+    if test is not None:
+        originals = torch.stack([test[i][0] for i in range(min(16, len(test)))])
+        with torch.no_grad():
+            recon = model.reconstruct(originals.to(device)).cpu()
+        save_grid(torch.cat([originals, recon]), out / "reconstructions.png", nrow=len(originals))
+    print(f"wrote {out / 'samples.png'} and {out / 'samples.pt'} ({len(samples)} samples)")
+    return out
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
