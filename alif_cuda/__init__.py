@@ -3,12 +3,12 @@ decoding (TAID), with plain-PyTorch references and drop-in modules."""
 import torch
 
 from . import _C  # noqa: F401  (loading the library registers torch.ops.alif_cuda.*)
-from .nn import ALIF, TAID, MembraneDecoder, make_decoder
+from .nn import ALIF, TAID, MembraneDecoder, make_decoder, use_reference_ops
 from .ops import alif, cuda_kernels_available, taid
 from .reference import alif_ref, taid_ref
 
 __version__ = "0.1.0"
 __all__ = [
     "ALIF", "TAID", "MembraneDecoder", "make_decoder",
-    "alif", "alif_ref", "taid", "taid_ref", "cuda_kernels_available",
+    "alif", "alif_ref", "taid", "taid_ref", "cuda_kernels_available", "use_reference_ops",
 ]

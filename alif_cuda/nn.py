@@ -1,15 +1,31 @@
 """Drop-in spiking modules built on the fused ops, and the image decoders. Time-first: inputs are
 (T, B, ...)."""
 import math
-from typing import Optional
+from contextlib import contextmanager
+from typing import Iterator, Optional
 
 import torch
 from torch import Tensor, nn
 
 from .ops import alif, taid
-from .reference import check_alif_options, check_taid_options
+from .reference import alif_ref, check_alif_options, check_taid_options, taid_ref
 
 TAU_PARAMS = ("sigmoid", "direct")
+
+_use_reference = False
+
+
+@contextmanager
+def use_reference_ops(enabled: bool = True) -> Iterator[None]:
+    """Within the block, the ALIF and TAID modules run the plain-PyTorch references
+    (:func:`alif_ref`, :func:`taid_ref`) instead of the fused kernels: to debug a model against
+    the definitions, or to benchmark a whole network both ways."""
+    global _use_reference
+    previous, _use_reference = _use_reference, enabled
+    try:
+        yield
+    finally:
+        _use_reference = previous
 
 
 class ALIF(nn.Module):
@@ -96,7 +112,7 @@ class ALIF(nn.Module):
                 f"ALIF: the kept state has shape {tuple(u0.shape)} but this input's steps are "
                 f"{tuple(x.shape[1:])}; call reset_state() when the batch or layer size changes"
             )
-        spikes, u_last = alif(
+        spikes, u_last = (alif_ref if _use_reference else alif)(
             x, self.tau, self.v_th, u0,
             surrogate=self.surrogate, width=self.width, alpha=self.alpha,
             reset=self.reset, detach_reset=self.detach_reset, return_state=True,
@@ -158,7 +174,7 @@ class TAID(nn.Module):
 
     def forward(self, s: Tensor) -> Tensor:
         _check_decoder_input("TAID", s, self.T)
-        return taid(s, self.w, self.reduce)
+        return (taid_ref if _use_reference else taid)(s, self.w, self.reduce)
 
     def extra_repr(self) -> str:
         return f"T={self.T}, reduce={self.reduce}"

@@ -127,3 +127,19 @@ def test_make_decoder_by_name():
     assert isinstance(alif_cuda.make_decoder("taid", 16), alif_cuda.TAID)
     assert isinstance(alif_cuda.make_decoder("membrane", 16, decay=0.9), alif_cuda.MembraneDecoder)
     assert alif_cuda.make_decoder("taid", 8, reduce="mean").reduce == "mean"
+
+
+def test_use_reference_ops_switches_the_modules_to_the_references():
+    torch.manual_seed(0)
+    neuron, decoder = ALIF(), alif_cuda.TAID(4)
+    x = torch.randn(4, 2, 3, 5, 5, requires_grad=True)
+    fused = decoder(neuron(x) + x)
+    with alif_cuda.use_reference_ops():
+        spikes_ref = neuron(x)
+        ref = decoder(spikes_ref + x)
+        assert "alif_fwd" not in type(spikes_ref.grad_fn).__name__
+    assert "alif_fwd" in type(neuron(x).grad_fn).__name__  # switched back on exit
+    torch.testing.assert_close(fused, ref)
+    g_fused = torch.autograd.grad(fused.sum(), x)[0]
+    g_ref = torch.autograd.grad(ref.sum(), x)[0]
+    torch.testing.assert_close(g_fused, g_ref)
