@@ -7,32 +7,12 @@ perf_counter on the CPU) over a few neuron counts and prints a Markdown table wi
 It also checks, on every size, that both providers give the same spikes.
 """
 import argparse
-import statistics
-import time
 
 import torch
 
 import alif_cuda
 from alif_cuda import alif, alif_ref
-
-
-def time_ms(fn, device, reps, warmup=3):
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(reps):
-        if device.type == "cuda":
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            fn()
-            end.record()
-            torch.cuda.synchronize()
-            times.append(start.elapsed_time(end))
-        else:
-            t0 = time.perf_counter()
-            fn()
-            times.append((time.perf_counter() - t0) * 1e3)
-    return statistics.median(times)
+from common import time_ms
 
 
 def main():

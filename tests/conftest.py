@@ -9,6 +9,15 @@ CUDA_SKIP_REASON = (
     else "alif_cuda was built without CUDA kernels"
 )
 
+# (rtol, atol) for a kernel's output against its reference run on the same values: storage-dtype
+# rounding after float32 math (float64 math for float64).
+TOL = {
+    torch.float64: (1e-10, 1e-12),
+    torch.float32: (1e-4, 1e-5),
+    torch.float16: (2e-3, 2e-3),
+    torch.bfloat16: (1.6e-2, 1e-2),
+}
+
 # Storage dtypes each backend supports.
 DTYPES = {
     "cpu": [torch.float64, torch.float32],

@@ -7,16 +7,9 @@ import torch
 
 import alif_cuda
 from alif_cuda import alif, alif_ref
-from conftest import HAS_CUDA, CUDA_SKIP_REASON, device_dtype_params, device_params
+from conftest import HAS_CUDA, CUDA_SKIP_REASON, TOL, device_dtype_params, device_params
 
-# (rtol, atol) for values computed in the storage dtype from identical inputs. Spikes must match
-# exactly in every dtype: h is computed by the same float ops as the reference.
-TOL = {
-    torch.float64: (1e-10, 1e-12),
-    torch.float32: (1e-4, 1e-5),
-    torch.float16: (2e-3, 2e-3),
-    torch.bfloat16: (1.6e-2, 1e-2),
-}
+# Spikes must match exactly in every dtype: h is computed by the same float ops as the reference.
 # The reference runs in float64 for float64 storage and in float32 (the kernels' math) otherwise.
 REF_DTYPE = {torch.float64: torch.float64}
 

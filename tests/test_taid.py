@@ -4,15 +4,8 @@ import torch
 
 import alif_cuda
 from alif_cuda import taid, taid_ref
-from conftest import HAS_CUDA, CUDA_SKIP_REASON, device_dtype_params, device_params
+from conftest import HAS_CUDA, CUDA_SKIP_REASON, TOL, device_dtype_params, device_params
 
-# (rtol, atol) for values that are stored in the dtype after float32 (float64) math.
-TOL = {
-    torch.float64: (1e-10, 1e-12),
-    torch.float32: (1e-4, 1e-5),
-    torch.float16: (2e-3, 2e-3),
-    torch.bfloat16: (1.6e-2, 1e-2),
-}
 MATH_DTYPE = {torch.float64: torch.float64}
 
 
