@@ -279,6 +279,22 @@ TaidFwdOutputs alloc_taid_fwd(const at::Tensor& s) {
   return out;
 }
 
+TaidBwdBuffers prepare_taid_bwd(const TaidParams& p, const at::Tensor& grad_y, const at::Tensor& s,
+                                const at::Tensor& w, const at::Tensor& attn,
+                                const at::Tensor& squeezed) {
+  const auto math = attn.options();  // checked: float32, or float64 for float64 s
+  TaidBwdBuffers b;
+  b.grad_y = grad_y.contiguous();
+  b.s = s.contiguous();
+  b.w = w.to(math.dtype()).contiguous();
+  b.attn = attn.contiguous();
+  b.squeezed = squeezed.contiguous();
+  b.grad_s = at::empty(s.sizes(), s.options());
+  b.dZ = at::empty({p.T, p.planes}, math);
+  b.dw = at::empty({p.T, p.T}, math);
+  return b;
+}
+
 TORCH_LIBRARY(alif_cuda, m) {
   // x: (T, B, ...), or (B, ...) repeated over `steps` steps when steps is given (static input).
   // Returns spikes (T, B, ...) in x's dtype, the final state u_{T-1} (B, ...) in x's dtype, and h

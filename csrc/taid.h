@@ -42,6 +42,16 @@ struct TaidFwdOutputs {
 // for float64 s).
 TaidFwdOutputs alloc_taid_fwd(const at::Tensor& s);
 
+// taid_bwd's inputs made contiguous (w in the math dtype), its dL/ds output, and the work buffers
+// dZ (T, planes) and dL/dw (T, T) in the math dtype.
+struct TaidBwdBuffers {
+  at::Tensor grad_y, s, w, attn, squeezed, grad_s, dZ, dw;
+};
+
+TaidBwdBuffers prepare_taid_bwd(const TaidParams& p, const at::Tensor& grad_y, const at::Tensor& s,
+                                const at::Tensor& w, const at::Tensor& attn,
+                                const at::Tensor& squeezed);
+
 // expf/exp are the C functions both host and device code have (std::exp has no device overloads).
 template <typename acc_t>
 TAID_HD acc_t sigmoid(acc_t z) {

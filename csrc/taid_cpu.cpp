@@ -145,23 +145,15 @@ std::tuple<at::Tensor, at::Tensor> taid_bwd_cpu(const at::Tensor& grad_y, const 
                                                 std::string_view reduce) {
   const TaidParams p = make_taid_bwd_params(grad_y, s, w, attn, squeezed, reduce);
   check_cpu_float("taid_bwd", s);
-  const at::Tensor sc = s.contiguous(), gc = grad_y.contiguous();
-  const at::Tensor ac = attn.contiguous(), xc = squeezed.contiguous();
-  at::Tensor grad_s = at::empty(s.sizes(), s.options());
-  at::Tensor grad_w;
+  const TaidBwdBuffers b = prepare_taid_bwd(p, grad_y, s, w, attn, squeezed);
   AT_DISPATCH_FLOATING_TYPES(s.scalar_type(), "taid_bwd_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    const auto acc_opts = s.options().dtype(c10::CppTypeToScalarType<acc_t>::value);
-    const at::Tensor wc = w.to(acc_opts.dtype()).contiguous();
-    at::Tensor dZ = at::empty({p.T, p.planes}, acc_opts);
-    at::Tensor dw = at::empty({p.T, p.T}, acc_opts);
-    taid_bwd_cpu_kernel<scalar_t>(p, gc.data_ptr<scalar_t>(), sc.data_ptr<scalar_t>(),
-                                  wc.data_ptr<acc_t>(), ac.data_ptr<acc_t>(),
-                                  grad_s.data_ptr<scalar_t>(), dZ.data_ptr<acc_t>());
-    taid_dw_cpu<acc_t>(p, dZ.data_ptr<acc_t>(), xc.data_ptr<acc_t>(), dw.data_ptr<acc_t>());
-    grad_w = dw.to(w.scalar_type());
+    taid_bwd_cpu_kernel<scalar_t>(p, b.grad_y.data_ptr<scalar_t>(), b.s.data_ptr<scalar_t>(),
+                                  b.w.data_ptr<acc_t>(), b.attn.data_ptr<acc_t>(),
+                                  b.grad_s.data_ptr<scalar_t>(), b.dZ.data_ptr<acc_t>());
+    taid_dw_cpu<acc_t>(p, b.dZ.data_ptr<acc_t>(), b.squeezed.data_ptr<acc_t>(), b.dw.data_ptr<acc_t>());
   });
-  return {grad_s, grad_w};
+  return {b.grad_s, b.dw.to(w.scalar_type())};
 }
 
 }  // namespace

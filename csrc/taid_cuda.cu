@@ -347,17 +347,10 @@ std::tuple<at::Tensor, at::Tensor> taid_bwd_cuda(const at::Tensor& grad_y, const
                                                  std::string_view reduce) {
   const TaidParams p = make_taid_bwd_params(grad_y, s, w, attn, squeezed, reduce);
   const c10::cuda::OptionalCUDAGuard guard(s.device());
-  const at::Tensor sc = s.contiguous(), gc = grad_y.contiguous();
-  const at::Tensor ac = attn.contiguous(), xc = squeezed.contiguous();
-  at::Tensor grad_s = at::empty(s.sizes(), s.options());
-  at::Tensor grad_w;
+  const TaidBwdBuffers b = prepare_taid_bwd(p, grad_y, s, w, attn, squeezed);
   const auto stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, s.scalar_type(), "taid_bwd_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    const auto acc_opts = s.options().dtype(c10::CppTypeToScalarType<acc_t>::value);
-    const at::Tensor wc = w.to(acc_opts.dtype()).contiguous();
-    at::Tensor dZ = at::empty({p.T, p.planes}, acc_opts);
-    at::Tensor dw = at::empty({p.T, p.T}, acc_opts);
     if (p.planes > 0) {
       const int threads = threads_for(p.plane_size);
       const size_t smem = smem_fixed_bytes(p.T, threads, sizeof(acc_t));
@@ -367,16 +360,15 @@ std::tuple<at::Tensor, at::Tensor> taid_bwd_cuda(const at::Tensor& grad_y, const
                   " time steps need more shared memory than this GPU has per block");
       allow_smem(taid_bwd_kernel<scalar_t>, smem);
       taid_bwd_kernel<scalar_t><<<static_cast<unsigned>(p.planes), threads, smem, stream>>>(
-          p, gc.data_ptr<scalar_t>(), sc.data_ptr<scalar_t>(), wc.data_ptr<acc_t>(),
-          ac.data_ptr<acc_t>(), grad_s.data_ptr<scalar_t>(), dZ.data_ptr<acc_t>());
+          p, b.grad_y.data_ptr<scalar_t>(), b.s.data_ptr<scalar_t>(), b.w.data_ptr<acc_t>(),
+          b.attn.data_ptr<acc_t>(), b.grad_s.data_ptr<scalar_t>(), b.dZ.data_ptr<acc_t>());
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     }
     taid_dw_kernel<acc_t><<<static_cast<unsigned>(p.T * p.T), kDwThreads, 0, stream>>>(
-        p, dZ.data_ptr<acc_t>(), xc.data_ptr<acc_t>(), dw.data_ptr<acc_t>());
+        p, b.dZ.data_ptr<acc_t>(), b.squeezed.data_ptr<acc_t>(), b.dw.data_ptr<acc_t>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
-    grad_w = dw.to(w.scalar_type());
   });
-  return {grad_s, grad_w};
+  return {b.grad_s, b.dw.to(w.scalar_type())};
 }
 
 }  // namespace

@@ -22,13 +22,13 @@ from .train_classifier import evaluate
 
 def firing_rates(model: SpikingClassifier):
     """Installs hooks that add up each ALIF layer's spikes; returns (totals, remove)."""
-    totals: Dict[str, List[float]] = {}
+    totals: Dict[str, List] = {}
     handles = []
     for name, module in model.neurons().items():
         totals[name] = [0.0, 0]
 
         def hook(m, inputs, out, name=name):
-            totals[name][0] += out.float().sum().item()
+            totals[name][0] = totals[name][0] + out.detach().float().sum()  # stays on the device: no sync per batch
             totals[name][1] += out.numel()
 
         handles.append(module.register_forward_hook(hook))
@@ -71,7 +71,7 @@ def main(argv: Optional[List[str]] = None) -> Dict:
     report = dict(
         checkpoint=str(args.checkpoint), dataset=dataset, epoch=ckpt["epoch"], test_images=len(test_set),
         test_loss=loss, test_acc=acc, per_class_acc=per_class,
-        firing_rate={name: s / max(n, 1) for name, (s, n) in totals.items()},
+        firing_rate={name: float(s) / max(n, 1) for name, (s, n) in totals.items()},
         device=tr.device_description(device),
     )
     print(json.dumps(report, indent=1))
