@@ -183,6 +183,8 @@ def report(so, cuobjdump):
     names = sorted(set(res) | set(sass))
     readable = demangle(names)
     archs = sorted(set(re.findall(r"arch = (sm_\w+)", sass_text)))
+    version = subprocess.run([cuobjdump, "--version"], capture_output=True, text=True).stdout
+    release = re.search(r"release ([\d.]+)", version)
     kernels = []
     for mangled in names:
         info = sass.get(mangled, {"source": None, "instructions": []})
@@ -202,7 +204,8 @@ def report(so, cuobjdump):
             widest_global_bytes=max(global_widths) if global_widths else None,
             counts={f"{op}.{w}B": n for (op, w), (n, _) in sorted(counts.items())},
         ))
-    return dict(extension=str(so), archs=archs, cuobjdump=cuobjdump, kernels=kernels)
+    return dict(extension=str(so), archs=archs, cuobjdump=cuobjdump, cuobjdump_release=release and release.group(1),
+                kernels=kernels)
 
 
 def relative(path):
@@ -246,7 +249,8 @@ def markdown(rep, sha):
         "",
         f"Produced by `python bench/kernel_report.py` on {datetime.date.today().isoformat()} from "
         f"`{relative(rep['extension'])}` (sha256 {sha[:12]}, git {git_head() or 'unknown'}), "
-        f"targets {', '.join(rep['archs']) or 'none found'}; cuobjdump `-res-usage` and `-sass`. Static: no GPU ran.",
+        f"targets {', '.join(rep['archs']) or 'none found'}; cuobjdump {rep['cuobjdump_release'] or ''} `-res-usage` and `-sass`. "
+        "Static: no GPU ran.",
         "",
         "## Findings",
         f"- {f['kernels']} kernel instantiations.",

@@ -72,7 +72,7 @@ def test_dry_run_train_fits_its_budget_and_writes_the_run(dry_train):
     probe = results["data"]["probe"]
     epochs = probe["epochs"]
     assert 1 <= epochs <= gpu_check.MAX_EPOCHS["dry"]
-    assert "--epochs 1" in parts["train_probe"]["command"] and f"--epochs {epochs}" in parts["train"]["command"]
+    assert f"--epochs {gpu_check.PROBE_EPOCHS}" in parts["train_probe"]["command"] and f"--epochs {epochs}" in parts["train"]["command"]
     records = [json.loads(line) for line in (stage_dir / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in records] == list(range(1, epochs + 1))
     summary = json.loads((stage_dir / "train_summary.json").read_text())
