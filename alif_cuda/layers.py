@@ -74,11 +74,34 @@ class VotingLayer(nn.Module):
 class TdBatchNorm(nn.BatchNorm1d):
     """FSVAE's threshold-dependent batch norm (tdBN) for time-first input (T, B, C, ...):
     normalises each channel over time, batch and space together, scales by alpha * v_th, then
-    applies the affine weight and bias. Running statistics as BatchNorm's."""
+    applies the affine weight and bias.
 
-    def __init__(self, channels: int, alpha: float = 1.0, v_th: float = 0.2, eps: float = 1e-5, momentum: float = 0.1):
+    Running statistics: BatchNorm's exponential average (``momentum``), except that with
+    ``warm_start`` (the default) the n-th training batch is averaged in with weight
+    max(momentum, 1/n). The first batches then give their plain mean instead of pulling the
+    initial (0, 1) only 10 % of the way each: with FSVAE's cold start, the spike-driven layers'
+    true variance (~0.01) is overestimated 10x after 20 steps, and an eval-mode network is silent.
+    ``warm_start=False`` is FSVAE's rule. While ``frozen`` is set, training-mode calls use the
+    batch statistics and leave the running ones (and the batch count) untouched."""
+
+    def __init__(self, channels: int, alpha: float = 1.0, v_th: float = 0.2, eps: float = 1e-5, momentum: float = 0.1,
+                 warm_start: bool = True):
         super().__init__(channels, eps=eps, momentum=momentum)
-        self.alpha, self.v_th = alpha, v_th
+        if not 0 < momentum <= 1:
+            raise ValueError(f"TdBatchNorm: momentum must be in (0, 1], got {momentum}")
+        self.alpha, self.v_th, self.warm_start = alpha, v_th, warm_start
+        self.frozen = False
+        # The batch count on the host, so that the warm-start weight costs no device sync; None
+        # after load_state_dict, when it is read once from the restored buffer.
+        self._seen = 0
+
+    def reset_running_stats(self) -> None:
+        super().reset_running_stats()
+        self._seen = 0
+
+    def _load_from_state_dict(self, *args, **kwargs):
+        self._seen = None
+        super()._load_from_state_dict(*args, **kwargs)
 
     def _check_input_dim(self, x: Tensor) -> None:
         if x.dim() < 3 or x.shape[2] != self.num_features:
@@ -88,13 +111,19 @@ class TdBatchNorm(nn.BatchNorm1d):
 
     def forward(self, x: Tensor) -> Tensor:
         self._check_input_dim(x)
-        if self.training and self.num_batches_tracked is not None:
+        update = self.training and not self.frozen
+        factor = self.momentum
+        if update:
             self.num_batches_tracked.add_(1)
+            self._seen = int(self.num_batches_tracked) if self._seen is None else self._seen + 1
+            if self.warm_start:
+                factor = max(self.momentum, 1.0 / self._seen)
+        use_running = update or not self.training
         y = F.batch_norm(
-            x.flatten(0, 1), self.running_mean, self.running_var, self.weight * (self.alpha * self.v_th), self.bias,
-            self.training, self.momentum, self.eps,
+            x.flatten(0, 1), self.running_mean if use_running else None, self.running_var if use_running else None,
+            self.weight * (self.alpha * self.v_th), self.bias, self.training, factor, self.eps,
         )
         return y.unflatten(0, x.shape[:2])
 
     def extra_repr(self) -> str:
-        return super().extra_repr() + f", alpha={self.alpha}, v_th={self.v_th}"
+        return super().extra_repr() + f", alpha={self.alpha}, v_th={self.v_th}, warm_start={self.warm_start}"

@@ -1,12 +1,14 @@
 """The paper's Tables 1-4 side by side at one budget: FSVAE+TAID, FSVAE+membrane and the ANN VAE
 trained on one dataset, all measured with one FAD autoencoder.
 
-    python -m models.compare_vae --dataset mnist --data-dir DIR --out results/vae_mnist \
-        [--epochs 150] [--fad-epochs 150] [--batch-size 250] [--num-samples 5000] [--subset N] ...
+    python -m models.compare_vae --dataset mnist [--data-dir DIR] --out results/vae_mnist \
+        [--budget fsvae|paper] [--epochs N] [--fad-epochs 150] [--batch-size N] [--num-samples 5000] [--subset N] ...
 
 Runs go to OUT/<name>/ and are resumable (a finished run is skipped, an interrupted one resumes).
-Writes OUT/comparison.md (reconstruction MSE, FAD, IS / FID where Inception weights are given, the
-paper's values beside) and OUT/<name>_samples.png, one grid per model.
+Writes OUT/comparison.md (reconstruction MSE, FAD as FSVAE computes it, IS / FID where Inception
+weights are given, the paper's values beside) and OUT/<name>_samples.png, one grid per model. A
+model whose samples are all one image is flagged in the table and warned about: its metrics
+rank nothing. A run below the budget is labelled a smoke run.
 """
 import argparse
 import shutil
@@ -15,7 +17,9 @@ from pathlib import Path
 from typing import List, Optional
 
 from . import evaluate_vae, sample_vae, train_fad_ae, train_vae
-from .training import CHECKPOINT
+from .data import DEFAULT_DATA_DIR
+from .fad import FEATURE_BN
+from .training import CHECKPOINT, HelpFormatter
 
 MODELS = [("fsvae_taid", ["--model", "fsvae", "--decoder", "taid"]),
           ("fsvae_membrane", ["--model", "fsvae", "--decoder", "membrane"]),
@@ -40,14 +44,16 @@ def fmt(value, digits=4):
 
 
 def main(argv: Optional[List[str]] = None) -> str:
-    p = argparse.ArgumentParser(prog="python -m models.compare_vae", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(prog="python -m models.compare_vae", description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("--dataset", choices=train_vae.DATASETS, required=True)
-    p.add_argument("--data-dir", required=True)
+    p.add_argument("--data-dir", default=None, help=f"default: {DEFAULT_DATA_DIR}")
     p.add_argument("--out", required=True)
-    p.add_argument("--epochs", type=int, default=150)
+    p.add_argument("--budget", choices=tuple(train_vae.BUDGETS), default="fsvae",
+                   help="the VAEs' epochs and batch size: fsvae 150 x 250, paper 300 x 200")
+    p.add_argument("--epochs", type=int, default=None, help="override the budget's epochs")
     p.add_argument("--fad-epochs", type=int, default=150)
-    p.add_argument("--batch-size", type=int, default=250)
+    p.add_argument("--batch-size", type=int, default=None, help="override the budget's batch size")
+    p.add_argument("--fad-bn", choices=FEATURE_BN, default="batch")
     p.add_argument("--num-samples", type=int, default=5000)
     p.add_argument("--subset", type=int, default=None)
     p.add_argument("--test-subset", type=int, default=None)
@@ -56,6 +62,10 @@ def main(argv: Optional[List[str]] = None) -> str:
     p.add_argument("--workers", type=int, default=4)
     p.add_argument("--inception-weights", default=None)
     args = p.parse_args(argv)
+    args.data_dir = args.data_dir or DEFAULT_DATA_DIR
+    budget_epochs, budget_batch = train_vae.BUDGETS[args.budget]
+    args.epochs = budget_epochs if args.epochs is None else args.epochs
+    args.batch_size = budget_batch if args.batch_size is None else args.batch_size
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     common = ["--dataset", args.dataset, "--data-dir", args.data_dir, "--batch-size", str(args.batch_size),
@@ -64,14 +74,15 @@ def main(argv: Optional[List[str]] = None) -> str:
         if value is not None:
             common += [flag, str(value)]
     run_or_resume(train_fad_ae.main, out / "fad_ae", common + ["--out", str(out / "fad_ae"), "--epochs", str(args.fad_epochs)])
-    rows = []
+    rows, flagged = [], []
     for name, model_args in MODELS:
         run_dir = out / name
         run_or_resume(train_vae.main, run_dir, common + model_args + ["--out", str(run_dir), "--epochs", str(args.epochs),
-                                                                       "--amp", args.amp])
+                                                                       "--amp", args.amp, "--budget", args.budget])
         eval_args = ["--checkpoint", str(run_dir / CHECKPOINT), "--data-dir", args.data_dir, "--fad-ae",
                      str(out / "fad_ae" / CHECKPOINT), "--num-samples", str(args.num_samples), "--device", args.device,
-                     "--batch-size", str(args.batch_size), "--out", str(run_dir / "metrics_eval.json")]
+                     "--batch-size", str(args.batch_size), "--fad-bn", args.fad_bn,
+                     "--out", str(run_dir / "metrics_eval.json")]
         if args.test_subset is not None:
             eval_args += ["--test-subset", str(args.test_subset)]
         if args.inception_weights:
@@ -81,16 +92,26 @@ def main(argv: Optional[List[str]] = None) -> str:
                                       "--num-samples", "64", "--device", args.device])
         shutil.copyfile(sample_dir / "samples.png", out / f"{name}_samples.png")
         paper = PAPER[args.dataset][name]
-        rows.append(f"| {name} | {fmt(m['recon_mse'])} | {fmt(m['fad'])} | {fmt(m['is_mean'])} | {fmt(m['fid'])} | "
-                    f"{paper[2]} | {paper[0]} | {paper[1]} |")
+        if m["samples_constant"]:
+            flagged.append(name)
+            print(f"warning: {name}'s samples are all the same image; its metrics rank nothing", file=sys.stderr)
+        rows.append(f"| {name} | {'CONSTANT' if m['samples_constant'] else 'varied'} | {fmt(m['recon_mse'])} | "
+                    f"{fmt(m['fad'])} | {fmt(m['is_mean'])} | {fmt(m['fid'])} | {paper[2]} | {paper[0]} | {paper[1]} |")
     cmd = "python -m models.compare_vae " + " ".join(argv if argv is not None else sys.argv[1:])
+    smoke = args.subset is not None or args.epochs < budget_epochs or args.fad_epochs < 150
     table = "\n".join([
-        f"{args.dataset}: FSVAE+TAID, FSVAE+membrane and the ANN VAE at one budget ({args.epochs} epochs; FAD "
-        f"autoencoder {args.fad_epochs} epochs; {args.num_samples} samples), produced by `{cmd}` on {m['device']}.",
-        "FAD values depend on the run's own autoencoder: compare within this table, not with the paper's column.",
+        f"{args.dataset}: FSVAE+TAID, FSVAE+membrane and the ANN VAE at one budget ({args.epochs} epochs at batch "
+        f"{args.batch_size}; FAD autoencoder {args.fad_epochs} epochs; {args.num_samples} samples), produced by "
+        f"`{cmd}` on {m['device']}.",
+        *(["**A smoke run**: far below the paper's budget, it shows the pipeline works, not how the models "
+           "compare."] if smoke else []),
+        f"FAD as FSVAE computes it (autoencoder BatchNorm: {args.fad_bn} statistics). FAD values depend on the "
+        "run's own autoencoder: compare within this table, not with the paper's column.",
+        *([f"**Warning**: constant samples from {', '.join(flagged)}: those rows' metrics are meaningless."]
+          if flagged else []),
         "",
-        "| model | recon MSE | FAD | IS | FID | paper FAD | paper IS | paper FID |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| model | samples | recon MSE | FAD | IS | FID | paper FAD | paper IS | paper FID |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
         *rows,
     ])
     (out / "comparison.md").write_text(table + "\n")

@@ -14,6 +14,7 @@ from typing import List, Optional
 import torch
 from torchvision.utils import save_image
 
+from . import metrics
 from . import training as tr
 from .data import image_dataset
 from .vae import VAEConfig, build_vae
@@ -21,11 +22,15 @@ from .vae import VAEConfig, build_vae
 
 def load_vae(checkpoint: str, device):
     """(model in eval mode, its checkpoint dict) from a train_vae checkpoint."""
-    ckpt = torch.load(checkpoint, map_location="cpu", weights_only=False)
-    if "model_config" not in ckpt or "decoder" not in ckpt["model_config"]:
-        raise ValueError(f"{checkpoint} is not a train_vae checkpoint")
-    model = build_vae(VAEConfig(**ckpt["model_config"])).to(device)
-    model.load_state_dict(ckpt["model"])
+    ckpt = tr.load_checkpoint(checkpoint, what="train_vae checkpoint", keys=("model_config", "model", "recipe", "epoch"))
+    if "decoder" not in ckpt["model_config"]:
+        raise ValueError(f"{checkpoint} is not a train_vae checkpoint (its model_config has no decoder)")
+    try:
+        model = build_vae(VAEConfig(**ckpt["model_config"])).to(device)
+        model.load_state_dict(ckpt["model"])
+    except (TypeError, RuntimeError) as e:
+        raise ValueError(f"{checkpoint} does not fit this version's VAE (written by an older one?): "
+                         f"{str(e).splitlines()[0]}") from None
     return model.eval(), ckpt
 
 
@@ -34,8 +39,7 @@ def save_grid(images: torch.Tensor, path: Path, nrow: Optional[int] = None) -> N
 
 
 def main(argv: Optional[List[str]] = None) -> Path:
-    p = argparse.ArgumentParser(prog="python -m models.sample_vae", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(prog="python -m models.sample_vae", description=__doc__, formatter_class=tr.HelpFormatter)
     p.add_argument("--checkpoint", required=True)
     p.add_argument("--out", required=True)
     p.add_argument("--num-samples", type=int, default=64)
@@ -58,6 +62,9 @@ def main(argv: Optional[List[str]] = None) -> Path:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     samples = torch.cat([model.sample(min(256, args.num_samples - i)).cpu() for i in range(0, args.num_samples, 256)])
+    if metrics.constant_samples(samples):
+        print(f"warning: all {len(samples)} samples are the same image: the generator is silent or collapsed",
+              file=sys.stderr, flush=True)
     save_grid(samples, out / "samples.png")
     torch.save(samples, out / "samples.pt")
     if test is not None:

@@ -31,7 +31,7 @@ def evaluate(model, loader, device):
 
 def main(argv: Optional[List[str]] = None):
     p = argparse.ArgumentParser(prog="python -m models.train_fad_ae", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+                                formatter_class=tr.HelpFormatter)
     p.add_argument("--dataset", choices=DATASETS, required=True)
     tr.add_run_args(p, epochs=150, batch_size=250, lr=1e-3, seed=0)
     p.add_argument("--weight-decay", type=float, default=0.01)

@@ -1,5 +1,6 @@
 """The paper's generative models: the fully spiking VAE (FSVAE) with a TAID or membrane decoder,
-and its ANN twin with a Gaussian latent. Time-first, from alif_cuda parts (facts in REFERENCE.md).
+and its ANN twin with a Gaussian latent. Time-first, from alif_cuda parts; docs/generative.md lists
+where they follow FSVAE's code (kamata1729/FullySpikingVAE) and where they deviate.
 
 FSVAE: every layer is time-distributed (conv or linear at each step) + tdBN + ALIF. The image, in
 [-1, 1], is the input current at every step: the first conv + tdBN runs once and reaches the first
@@ -11,7 +12,7 @@ FSVAE's membrane decoding, then tanh.
 """
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
-from typing import Dict, List, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -40,8 +41,11 @@ class VAEConfig:
     v_th: float = 0.2
     latent_loss: str = "mmd"
     kl_weight: float = 1e-4  # FSVAE's weight for the Bernoulli KL option
-    kld_weight: float = 2.5e-4  # the ANN VAE's Gaussian KL weight (our choice; REFERENCE.md gives none)
-    scheduled_from: int = 5
+    # The ANN VAE's Gaussian KL weight. FSVAE's ANN code uses 1 / (batches per epoch): 1/240 for
+    # MNIST at batch 250; train_vae sets it from the run's own loader.
+    kld_weight: float = 1 / 240
+    scheduled_from: int = 5  # the first latent step z_t that scheduled sampling may replace (FSVAE: t >= 5)
+    bn_warm_start: bool = True  # tdBN running statistics without FSVAE's cold start (see TdBatchNorm)
 
     def __post_init__(self):
         if self.model not in MODELS:
@@ -54,6 +58,8 @@ class VAEConfig:
             raise ValueError(f"VAEConfig: image_size must be 32 or 64, got {self.image_size}")
         if min(self.T, self.latent, self.k, self.in_channels) < 1:
             raise ValueError("VAEConfig: T, latent, k and in_channels must be >= 1")
+        if not self.kld_weight >= 0:
+            raise ValueError(f"VAEConfig: kld_weight must be >= 0, got {self.kld_weight}")
 
     @property
     def channels(self) -> List[int]:
@@ -71,11 +77,15 @@ def _neuron(cfg: VAEConfig) -> ALIF:
                 detach_reset=False)
 
 
+def _tdbn(channels: int, cfg: VAEConfig, alpha: float = 1.0) -> TdBatchNorm:
+    return TdBatchNorm(channels, alpha=alpha, v_th=cfg.v_th, warm_start=cfg.bn_warm_start)
+
+
 class SpikingLayer(nn.Sequential):
     """A time-distributed layer, then tdBN and an ALIF: (T, B, ...) -> spikes."""
 
     def __init__(self, layer: nn.Module, channels: int, cfg: VAEConfig, alpha: float = 1.0):
-        super().__init__(TimeDistributed(layer), TdBatchNorm(channels, alpha=alpha, v_th=cfg.v_th), _neuron(cfg))
+        super().__init__(TimeDistributed(layer), _tdbn(channels, cfg, alpha), _neuron(cfg))
 
 
 class BernoulliNet(nn.Sequential):
@@ -87,25 +97,31 @@ class BernoulliNet(nn.Sequential):
                            for a, b in zip(widths[:-1], widths[1:])])
 
 
-def pick_one_of_k(spikes: Tensor, latent: int, k: int) -> Tensor:
-    """(..., latent * k) spikes -> (..., latent): per channel one of its k spikes, at random."""
-    grouped = spikes.unflatten(-1, (latent, k))
-    index = torch.randint(k, grouped.shape[:-1] + (1,), device=spikes.device)
-    return grouped.gather(-1, index).squeeze(-1)
+def one_of_k_indices(spikes: Tensor, latent: int, k: int) -> Tensor:
+    """For (..., latent * k) spikes, a random index in [0, k) per latent channel: (..., latent, 1)."""
+    return torch.randint(k, spikes.shape[:-1] + (latent, 1), device=spikes.device)
+
+
+def pick_one_of_k(spikes: Tensor, latent: int, k: int, index: Optional[Tensor] = None) -> Tensor:
+    """(..., latent * k) spikes -> (..., latent): per channel the spike at `index` (from
+    one_of_k_indices; drawn afresh when None)."""
+    if index is None:
+        index = one_of_k_indices(spikes, latent, k)
+    return spikes.unflatten(-1, (latent, k)).gather(-1, index).squeeze(-1)
 
 
 @contextmanager
 def frozen_batch_stats(module: nn.Module):
     """Sampling passes use the batch statistics but leave the running ones untouched."""
     norms = [m for m in module.modules() if isinstance(m, TdBatchNorm)]
-    saved = [m.momentum for m in norms]
+    saved = [m.frozen for m in norms]
     for m in norms:
-        m.momentum = 0.0
+        m.frozen = True
     try:
         yield
     finally:
-        for m, momentum in zip(norms, saved):
-            m.momentum = momentum
+        for m, frozen in zip(norms, saved):
+            m.frozen = frozen
 
 
 class FSVAE(nn.Module):
@@ -114,7 +130,7 @@ class FSVAE(nn.Module):
         self.cfg = cfg
         ch = cfg.channels
         self.first = nn.Conv2d(cfg.in_channels, ch[0], 3, stride=2, padding=1, bias=False)
-        self.first_bn = TdBatchNorm(ch[0], v_th=cfg.v_th)
+        self.first_bn = _tdbn(ch[0], cfg)
         self.first_neuron = _neuron(cfg)
         self.encoder = nn.Sequential(
             *[SpikingLayer(nn.Conv2d(a, b, 3, stride=2, padding=1, bias=False), b, cfg) for a, b in zip(ch[:-1], ch[1:])],
@@ -140,32 +156,42 @@ class FSVAE(nn.Module):
 
     def sample_posterior(self, h: Tensor) -> Tuple[Tensor, Tensor]:
         """Autoregressive posterior: z_t from [h_t, z_{t-1}], first sampled step by step without
-        gradient, then recomputed teacher-forced with gradient. Returns z (T, B, latent) and the
-        posterior spikes q (T, B, latent, k)."""
+        gradient, then recomputed teacher-forced with gradient. As in FSVAE, the returned z_t for
+        t < T-1 picks the same one-of-k indices as the sampling pass did, so the decoded z is
+        read from the very outputs the posterior conditioned on (only z_{T-1} is a fresh draw).
+        Returns z (T, B, latent) and the posterior spikes q (T, B, latent, k)."""
         T, B = h.shape[:2]
-        zero = h.new_zeros(1, B, self.cfg.latent)
-        z_in = zero
+        latent, k = self.cfg.latent, self.cfg.k
+        z_in, indices = h.new_zeros(1, B, latent), []
         with torch.no_grad(), frozen_batch_stats(self.posterior):
             for t in range(T - 1):
-                out = self.posterior(torch.cat([h[: t + 1], z_in], -1))
-                z_in = torch.cat([z_in, pick_one_of_k(out[t], self.cfg.latent, self.cfg.k)[None]])
+                out = self.posterior(torch.cat([h[: t + 1], z_in], -1))[t]
+                indices.append(one_of_k_indices(out, latent, k))
+                z_in = torch.cat([z_in, pick_one_of_k(out, latent, k, indices[-1])[None]])
         q = self.posterior(torch.cat([h, z_in], -1))
-        return pick_one_of_k(q, self.cfg.latent, self.cfg.k), q.unflatten(-1, (self.cfg.latent, self.cfg.k))
+        indices.append(one_of_k_indices(q[-1], latent, k))
+        return pick_one_of_k(q, latent, k, torch.stack(indices)), q.unflatten(-1, (latent, k))
 
     def prior_of(self, z: Tensor, p_scheduled: float = 0.0) -> Tensor:
-        """Prior spikes (T, B, latent, k) for z_t given z_{<t}. With p_scheduled > 0 (training),
-        from step `scheduled_from` on each sample's input z_{t-1} is, with that probability, the
-        prior's own sample instead of the posterior's (scheduled sampling)."""
+        """Prior spikes (T, B, latent, k) for z_t given z_{<t}; the prior's input is z detached
+        (the prior learns to match the posterior, not the other way round).
+
+        Scheduled sampling (FSVAE's), in training mode with p_scheduled > 0: for each step
+        t >= scheduled_from, one draw for the whole batch decides, with probability p_scheduled,
+        whether the prior's input z_t is replaced by the prior's own prediction of it, its
+        thresholded mean mean_k(p_t) + 1e-3 noise > 0.5 given the inputs built so far."""
         T, B = z.shape[:2]
-        z_in = torch.cat([z.new_zeros(1, B, self.cfg.latent), z[:-1]])
-        if p_scheduled > 0 and T > self.cfg.scheduled_from:
+        latent, k = self.cfg.latent, self.cfg.k
+        z = z.detach()
+        z_in = torch.cat([z.new_zeros(1, B, latent), z[:-1]])
+        if self.training and p_scheduled > 0:
             with torch.no_grad(), frozen_batch_stats(self.prior):
-                for t in range(self.cfg.scheduled_from, T):
-                    own = pick_one_of_k(self.prior(z_in[:t])[t - 1], self.cfg.latent, self.cfg.k)
-                    use_own = (torch.rand(B, 1, device=z.device) < p_scheduled).to(z.dtype)
-                    z_in = z_in.clone()
-                    z_in[t] = use_own * own + (1 - use_own) * z_in[t]
-        return self.prior(z_in).unflatten(-1, (self.cfg.latent, self.cfg.k))
+                for t in range(self.cfg.scheduled_from, T - 1):
+                    # A CPU draw, so the decision costs no device sync.
+                    if torch.rand(()).item() < p_scheduled:
+                        mean = self.prior(z_in[: t + 1])[t].unflatten(-1, (latent, k)).mean(-1)
+                        z_in[t + 1] = (mean + 1e-3 * torch.randn_like(mean) > 0.5).to(z_in.dtype)
+        return self.prior(z_in).unflatten(-1, (latent, k))
 
     def generate_latent(self, n: int, device) -> Tensor:
         """z (T, n, latent) sampled from the prior, step by step."""
@@ -190,7 +216,7 @@ class FSVAE(nn.Module):
 
     def loss(self, x: Tensor, out: Dict[str, Tensor]) -> Tuple[Tensor, Dict[str, Tensor]]:
         recon = F.mse_loss(out["recon"].float(), x.float())
-        q, p = out["q"].float().mean(-1), out["p"].float().mean(-1)  # Bernoulli probabilities
+        q, p = out["q"].float().mean(-1), out["p"].float().mean(-1)  # Bernoulli probabilities (T, B, latent)
         if self.cfg.latent_loss == "mmd":
             latent = mmd_loss(q, p)
         else:
@@ -222,10 +248,12 @@ def mmd_loss(q: Tensor, p: Tensor) -> Tensor:
     return (synaptic_trace(q) - synaptic_trace(p)).square().mean()
 
 
-def bernoulli_kl(q: Tensor, p: Tensor, eps: float = 1e-6) -> Tensor:
-    """KL(Bern(q) || Bern(p)), summed over latent channels and steps, averaged over the batch."""
-    q, p = q.clamp(eps, 1 - eps), p.clamp(eps, 1 - eps)
-    kl = q * (q / p).log() + (1 - q) * ((1 - q) / (1 - p)).log()
+def bernoulli_kl(q: Tensor, p: Tensor, smooth: float = 1e-2) -> Tensor:
+    """FSVAE's smoothed KL(Bern(q) || Bern(p)) for probabilities (T, B, latent):
+    q log((q + s) / (p + s)) + (1 - q) log((1 - q + s) / (1 - p + s)) with s = 1e-2, summed over
+    latent channels and steps, averaged over the batch. The smoothing bounds what one silent prior
+    channel (p = 0) can cost, log(1.01 / 0.01) ~ 4.6 nats, where clamping at 1e-6 gave 13.8."""
+    kl = q * ((q + smooth) / (p + smooth)).log() + (1 - q) * ((1 - q + smooth) / (1 - p + smooth)).log()
     return kl.sum(dim=(0, 2)).mean()
 
 
@@ -243,8 +271,7 @@ class ANNVAE(nn.Module):
         self.encoder = nn.Sequential(*layers, nn.Flatten())
         self.mu = nn.Linear(ch[-1] * 4, cfg.latent)
         self.log_var = nn.Linear(ch[-1] * 4, cfg.latent)
-        self.decoder_input = nn.Sequential(nn.Linear(cfg.latent, ch[-1] * 4, bias=False), nn.BatchNorm1d(ch[-1] * 4),
-                                           nn.LeakyReLU())
+        self.decoder_input = nn.Linear(cfg.latent, ch[-1] * 4)  # plain, as FSVAE's ANN VAE
         up, layers = list(reversed(ch)), []
         for a, b in zip(up, up[1:] + [up[-1]]):
             layers += [nn.ConvTranspose2d(a, b, 3, stride=2, padding=1, output_padding=1, bias=False),
@@ -282,8 +309,9 @@ def build_vae(cfg: VAEConfig) -> nn.Module:
 
 
 def scheduled_probability(epoch: int, epochs: int) -> float:
-    """Scheduled sampling's probability, rising linearly from 0.1 to 0.3 over training."""
-    return 0.1 + 0.2 * (epoch / max(epochs - 1, 1))
+    """Scheduled sampling's probability in epoch `epoch` (from 0) of `epochs`: FSVAE's
+    0.1 + 0.2 * epoch / epochs, rising linearly towards 0.3."""
+    return 0.1 + 0.2 * epoch / epochs
 
 
 def dataset_channels(dataset: str) -> Tuple[int, int]:
