@@ -167,11 +167,11 @@ def write_bytes_atomic(data: bytes, path: Path) -> None:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
         try:
             view = memoryview(data)
-            half = len(view) // 2
             written = 0
             while written < len(view):
+                before = written
                 written += os.write(fd, view[written:written + (1 << 24)])
-                if written >= half:
+                if before < len(view) // 2 <= written:
                     fault_point("mid_write")
             os.fsync(fd)
         finally:
@@ -415,9 +415,8 @@ def add_run_args(p, *, epochs: int, batch_size: int, lr: float, seed: int) -> No
 
 
 def validate_run_args(args, parser, check_data) -> None:
-    """Checks the shared options, the device, the data and the run directory; exits with a usage
-    error naming the problem before anything is computed. Rank 0 takes the run directory's lock
-    and clears what killed runs left behind. Fills in --data-dir and --workers defaults."""
+    """Checks the shared options, the device and the data; exits with a usage error naming the
+    problem before anything is computed or created. Fills in --data-dir and --workers defaults."""
     args.resume_command = command_line(parser, args)
     for name in ("epochs", "batch_size", "log_every"):
         if getattr(args, name) < 1:
@@ -445,16 +444,16 @@ def validate_run_args(args, parser, check_data) -> None:
         check_data()
     except (ValueError, FileNotFoundError) as e:
         parser.error(str(e))
-    prepare_run_dir(args, parser, main=int(os.environ.get("RANK", "0")) == 0)
-
-
-def prepare_run_dir(args, parser, main: bool) -> None:
-    """--out checked, created and locked (rank 0). Without a checkpoint, --resume becomes a fresh
-    start (said, and the files of the epoch-less attempt removed); a fresh start refuses a
-    directory that holds a run's files."""
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         parser.error(f"--out {out} exists and is not a directory")
+
+
+def prepare_run_dir(args, parser, main: bool) -> None:
+    """--out created and locked (rank 0), the temporaries of killed writes removed. Without a
+    checkpoint, --resume becomes a fresh start (said, and the files of the epoch-less attempt
+    removed); a fresh start refuses a directory that holds a run's files."""
+    out = Path(args.out)
     if not main:
         # Rank 0 turns a --resume without a checkpoint into a fresh start; so must every rank.
         args.resume = args.resume and (out / CHECKPOINT).exists()
@@ -466,6 +465,7 @@ def prepare_run_dir(args, parser, main: bool) -> None:
     except RuntimeError as e:
         parser.error(str(e))
     except OSError as e:
+        _undo_run_dir(out, created)
         parser.error(f"--out {out}: cannot create or write the run directory ({e.strerror or e})")
     try:
         removed = remove_stale_temporaries(out)
@@ -488,8 +488,8 @@ def prepare_run_dir(args, parser, main: bool) -> None:
         args.resume = False
     elif not args.resume and entries:
         _undo_run_dir(out, created)
-        parser.error(f"--out {out} already holds files ({', '.join(entries[:5])}); pass --resume to continue "
-                     f"that run, or choose a new directory")
+        parser.error(f"--out {out} already holds files; pass --resume to continue that run, or choose a new "
+                     f"directory (it holds {', '.join(entries[:5])})")
     args.run_dir_created = created
 
 
@@ -511,9 +511,11 @@ def recipe(args) -> Dict:
 
 
 def prepare_run(args, parser, inherit=()):
-    """Joins torchrun's group, picks the device, and on --resume loads the checkpoint (verified)
-    and checks that the arguments describe the same run (arguments in `inherit` left as None take
-    the run's value). Seeds every RNG. Returns (dist, device, checkpoint or None)."""
+    """Prepares the run directory (prepare_run_dir), joins torchrun's group, picks the device,
+    and on --resume loads the checkpoint (verified) and checks that the arguments describe the
+    same run (arguments in `inherit` left as None take the run's value). Seeds every RNG.
+    Returns (dist, device, checkpoint or None)."""
+    prepare_run_dir(args, parser, main=int(os.environ.get("RANK", "0")) == 0)
     kind = "cuda" if args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available()) else "cpu"
     d = init_distributed(kind)
     device = pick_device(args.device, d)

@@ -11,6 +11,7 @@ import torch.multiprocessing as mp
 
 from classifier_data import write_tiny_mnist
 from models import ablation_classifier, evaluate_classifier, train_classifier
+from models import training as tr
 
 FAST = ["--dataset", "mnist", "--batch-size", "16", "--workers", "0", "--progress", "none", "--test-subset", "16"]
 
@@ -42,8 +43,9 @@ def test_training_writes_metrics_checkpoint_summary_and_curves(data_dir, tmp_pat
     assert summary["best_test_acc"] == max(r["test_acc"] for r in records)
     assert summary["device"].startswith("CPU")
     assert (tmp_path / "run" / "curves.png").stat().st_size > 0
-    ckpt = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=False)
-    assert ckpt["epoch"] == 2 and {"model", "optimizer", "scheduler", "rng", "recipe"} <= set(ckpt)
+    ckpt = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)
+    assert ckpt["epoch"] == 2 and {"model", "optimizer", "scheduler", "rng", "recipe", "records"} <= set(ckpt)
+    assert ckpt["optimizer"] is None and ckpt["records"] == records  # a finished run keeps no Adam state
 
 
 def test_resume_after_a_kill_mid_epoch_is_bitwise_exact(data_dir, tmp_path):
@@ -51,7 +53,7 @@ def test_resume_after_a_kill_mid_epoch_is_bitwise_exact(data_dir, tmp_path):
     # 3 steps per epoch: die in the middle of epoch 2 (after 4 steps), then resume.
     with pytest.raises(SystemExit, match="halted after 4 steps"):
         run(data_dir, tmp_path / "cut", "--epochs", "3", "--halt-after-steps", "4")
-    assert torch.load(tmp_path / "cut" / "checkpoint.pt", weights_only=False)["epoch"] == 1
+    assert tr.load_checkpoint(tmp_path / "cut" / "checkpoint.pt")["epoch"] == 1
     resumed = run(data_dir, tmp_path / "cut", "--epochs", "3", "--resume")
     for (name, a), b in zip(full.state_dict().items(), resumed.state_dict().values()):
         assert torch.equal(a, b), name
@@ -69,7 +71,7 @@ def test_resume_after_a_kill_mid_epoch_is_bitwise_exact(data_dir, tmp_path):
         (["--tau", "1.5"], r"--tau must be in \(0, 1\)"),
         (["--amp", "bf16", "--device", "cpu"], "--amp bf16 needs a GPU"),
         (["--subset", "0"], "--subset must be >= 1"),
-        (["--resume"], "does not exist; start the run without --resume"),
+        (["--log-every", "0"], "--log-every must be >= 1, got 0"),
     ],
 )
 def test_bad_arguments_fail_before_any_compute(data_dir, tmp_path, capsys, extra, message):
@@ -133,6 +135,9 @@ def test_evaluate_reports_accuracy_per_class_and_firing_rates(data_dir, tmp_path
     assert report["test_images"] == 16
     assert set(report["firing_rate"]) == {"features.0", "features.3", "classifier.3", "classifier.6"}
     assert all(0 <= r <= 1 for r in report["firing_rate"].values())
+    # The training record's per-layer rates (same model, same 16 test images) agree with evaluation's.
+    recorded = tr.read_metrics(tmp_path / "run")[-1]["firing_rate"]
+    assert recorded == pytest.approx(report["firing_rate"], abs=1e-6)
 
 
 def test_ablation_runs_six_configurations_and_writes_a_table(data_dir, tmp_path):
