@@ -281,11 +281,14 @@ def check_image_data_dir(dataset: str, data_dir: str, download: bool) -> None:
         check_data_dir(dataset, data_dir, download)
 
 
-def vae_transforms(dataset: str) -> Callable:
+def vae_transforms(dataset: str, train: bool = False) -> Callable:
     """FSVAE's preprocessing: 32x32 (MNIST, FashionMNIST, CIFAR-10) or center crop 148 and 64x64
-    (CelebA), scaled to [-1, 1]."""
+    (CelebA), scaled to [-1, 1]; FSVAE's loaders also flip horizontally at random for CIFAR-10's
+    training split and for both CelebA splits."""
     channels = 3 if dataset in ("cifar10", "celeba") else 1
     steps = [transforms.CenterCrop(148), transforms.Resize(64)] if dataset == "celeba" else [transforms.Resize(32)]
+    if dataset == "celeba" or (dataset == "cifar10" and train):
+        steps.append(transforms.RandomHorizontalFlip())
     steps += [transforms.ToTensor(), transforms.Normalize((0.5,) * channels, (0.5,) * channels)]
     return transforms.Compose(steps)
 
@@ -295,5 +298,5 @@ def image_dataset(dataset: str, data_dir: str, train: bool, download: bool = Fal
     check_image_data_dir(dataset, data_dir, download)
     if dataset == "celeba":
         return datasets.CelebA(data_dir, split="train" if train else "test", target_type="identity",
-                               transform=vae_transforms(dataset), download=download)
-    return classification_dataset(dataset, data_dir, train, download, transform=vae_transforms(dataset))
+                               transform=vae_transforms(dataset, train), download=download)
+    return classification_dataset(dataset, data_dir, train, download, transform=vae_transforms(dataset, train))

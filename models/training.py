@@ -561,7 +561,9 @@ class Job:
     evaluate(model, loader) returns the test metrics (rank 0, on the unwrapped model);
     epoch_info(model) adds fields to each epoch's record; `best` = (metric, "max" or "min").
     spiking_layers(model) gives the {name: module} whose outputs are spikes: their firing rates
-    during evaluation go into each record as firing_rate (default: every alif_cuda ALIF)."""
+    during evaluation go into each record as firing_rate (default: every alif_cuda ALIF);
+    with warn_firing, a layer whose rate lies outside [1 %, 99 %] gets a warning on stderr;
+    drop_last drops each epoch's last incomplete training batch (FSVAE's FashionMNIST/CIFAR-10)."""
 
     model: torch.nn.Module
     optimizer: torch.optim.Optimizer
@@ -576,6 +578,8 @@ class Job:
     title: str
     epoch_info: object = None
     spiking_layers: Optional[Callable] = None
+    warn_firing: bool = False
+    drop_last: bool = False
 
 
 def make_loaders(job: Job, args, d: Dist, device):
@@ -591,7 +595,7 @@ def make_loaders(job: Job, args, d: Dist, device):
     # The shuffle is a function of (seed, epoch) through set_epoch, so a resumed run replays it.
     sampler = DistributedSampler(train_set, num_replicas=d.world, rank=d.rank, shuffle=True, seed=args.seed)
     common = dict(num_workers=args.workers, pin_memory=device.type == "cuda")
-    train_loader = DataLoader(train_set, batch_size=args.batch_size, sampler=sampler, **common)
+    train_loader = DataLoader(train_set, batch_size=args.batch_size, sampler=sampler, drop_last=job.drop_last, **common)
     # Its own generator: iterating a loader draws a seed, which must not move the training RNG.
     test_loader = DataLoader(test_set, batch_size=max(args.batch_size, 256), shuffle=False,
                              generator=torch.Generator(), **common)
@@ -627,6 +631,15 @@ class SpikeCounter:
     def rates(self) -> Dict[str, float]:
         return {name: round(float(self.sums[name]) / self.counts[name], 6)
                 for name in self.sums if self.counts[name]}
+
+
+def warn_firing_rates(epoch: int, rates: Dict[str, float], low: float = 0.01, high: float = 0.99) -> None:
+    """One stderr line per layer that is (nearly) silent or saturated: such a layer passes almost
+    no gradient through the surrogate, so the network has likely stopped learning there."""
+    for name, rate in rates.items():
+        if not low <= rate <= high:
+            kind = f"silent: < {low:.0%}" if rate < low else f"saturated: > {high:.0%}"
+            _note(f"warning: epoch {epoch}: layer {name} fired at {rate:.4f} on the test set ({kind})")
 
 
 def format_duration(seconds: float) -> str:
@@ -845,6 +858,8 @@ def _fit(job: Job, args, d: Dist, device: torch.device, ckpt: Optional[Dict]) ->
                 finally:
                     counter.remove()
                 rates = counter.rates()
+                if job.warn_firing:
+                    warn_firing_rates(epoch + 1, rates)
                 progress.evaluated(time.perf_counter() - eval_start)
             # Every rank's RNG state as the next epoch will find it, for an exact --resume.
             rng = [None] * d.world
@@ -969,8 +984,9 @@ def _panels(records: List[Dict], pairs: List) -> List:
                     ys.append(value)
         return lines
 
-    for title, field, key in (("firing rate per layer (test)", "firing_rate", None), ("tau per layer", "neurons", "tau"),
-                              ("v_th per layer", "neurons", "v_th")):
+    for title, field, key in (("firing rate per layer (test)", "firing_rate", None),
+                              ("firing rate per layer (training)", "train_firing_rate", None),
+                              ("tau per layer", "neurons", "tau"), ("v_th per layer", "neurons", "v_th")):
         lines = per_layer(field, key)
         if lines:
             panels.append((title, "epoch", lines))

@@ -135,3 +135,10 @@ def test_a_malformed_sums_line_is_named(shipped_copy):
     (raw / "SHA256SUMS").write_text("abc  t10k-images-idx3-ubyte.gz\n")
     with pytest.raises(data.DataError, match="SHA256SUMS, line 1: expected '<64 hex digits>  <file name>'"):
         data.check_data_dir("mnist", str(root), download=False)
+
+
+@pytest.mark.parametrize("dataset,train,flips", [("cifar10", True, True), ("cifar10", False, False),
+                                                 ("celeba", False, True), ("mnist", True, False)])
+def test_vae_transforms_flip_where_fsvae_does(dataset, train, flips):
+    steps = data.vae_transforms(dataset, train).transforms
+    assert any(isinstance(t, data.transforms.RandomHorizontalFlip) for t in steps) == flips

@@ -494,3 +494,17 @@ def test_firing_rates_count_spikes_per_neuron_per_step():
         model(x)
     counter.remove()
     assert counter.rates() == {"neuron": round(spikes.mean().item(), 6)}
+
+
+def test_silent_and_saturated_layers_are_warned_about(capsys):
+    tr.warn_firing_rates(3, {"a": 0.004, "b": 0.5, "c": 0.995})
+    assert capsys.readouterr().err.splitlines() == [
+        "warning: epoch 3: layer a fired at 0.0040 on the test set (silent: < 1%)",
+        "warning: epoch 3: layer c fired at 0.9950 on the test set (saturated: > 99%)",
+    ]
+
+
+def test_training_firing_rates_get_their_own_panel():
+    records = [{"epoch": 1, "train_firing_rate": {"x": 0.25}}, {"epoch": 2, "train_firing_rate": {"x": 0.5}}]
+    panels = {title: lines for title, _, lines in tr._panels(records, [])}
+    assert panels == {"firing rate per layer (training)": {"x": ([1, 2], [0.25, 0.5])}}
