@@ -141,6 +141,7 @@ class Check:
         self.scale = min(1.0, self.budget / DEFAULT_BUDGET_S[stage])
         self.args = args
         self.parts, self.data, self.targets = [], {}, []
+        self.junit_suites = []  # pytest's junit files, merged into junit.xml
         self.work = Path(tempfile.mkdtemp(prefix=f"gpu_check_{stage}_"))
         self.out = None  # set once the device is known
         self.log_chunks = []
@@ -173,15 +174,23 @@ class Check:
         print(f"[{self.elapsed():6.1f} s] {name}: {status}" + (f" ({note})" if note else ""), flush=True)
         return part
 
+    def amend(self, part, status, note):
+        """Changes a part's verdict after reading its output (and says so on the console)."""
+        part.update(status=status, note=note)
+        print(f"[{self.elapsed():6.1f} s] {part['name']}: {status} ({note})", flush=True)
+        return part
+
     def skip(self, name, note):
         return self.record(name, "skipped", note)
 
     def fmt(self, argv, **values):
-        return [a.format(py=PY, **values) if "{" in a else a for a in argv]
+        """Fills the {placeholders} named in `values` (and {py}); other braces stay as they are."""
+        values = dict(py=PY, **{k: str(v) for k, v in values.items()})
+        return [re.sub(r"\{(\w+)\}", lambda m: values.get(m.group(1), m.group(0)), a) for a in argv]
 
-    def run(self, name, argv, env=None, allowance=None):
+    def run(self, name, argv, env=None):
         """Runs argv as a part under the deadline; returns the part record with its output."""
-        limit = self.allowance(name) if allowance is None else allowance
+        limit = self.allowance(name)
         if limit < 3:
             return self.record(name, "skipped", f"out of time ({self.remaining():.0f} s left of {self.budget:.0f} s)",
                                out_of_time=True)
@@ -190,10 +199,11 @@ class Check:
         t = time.monotonic()
         with open(log_path, "wb") as log:
             proc = subprocess.Popen(argv, cwd=ROOT, env=full_env, stdout=log, stderr=subprocess.STDOUT,
-                                    stdin=subprocess.DEVNULL, start_new_session=True)
+                                    stdin=subprocess.DEVNULL, start_new_session=True, preexec_fn=default_sigint)
             timed_out = False
             try:
                 rc = proc.wait(timeout=limit)
+                kill_group(proc)
             except subprocess.TimeoutExpired:
                 timed_out = True
                 rc = stop(proc)
@@ -214,8 +224,9 @@ class Check:
     def display(self, argv):
         """argv as a shell line without this machine's paths: python, <work>/..., <out>/..."""
         line = " ".join("<environment probe>" if a == ENV_SNIPPET else shlex.quote(str(a)) for a in argv)
-        for path, name in ((str(self.work), "<work>"), (str(self.out), "<out>"), (PY, "python"), (str(ROOT) + "/", "")):
-            line = line.replace(path, name)
+        for path, name in ((self.work, "<work>"), (self.out, "<out>"), (PY, "python"), (f"{ROOT}/", "")):
+            if path is not None:
+                line = line.replace(str(path), name)
         return line
 
     # -- output -----------------------------------------------------------------------------
@@ -262,6 +273,12 @@ class Check:
         return {"passed": 0, "failed": 1, "partial": 3}[status]
 
 
+def default_sigint():
+    """In the child before exec: a shell's background job ignores SIGINT and its children inherit
+    that, which would make stop()'s SIGINT a no-op."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def stop(proc):
     """Interrupts a part's whole process group: SIGINT (pytest writes its junit file, training
     stops between steps), then SIGTERM, then SIGKILL. Returns the exit status."""
@@ -271,10 +288,22 @@ def stop(proc):
         except ProcessLookupError:
             break
         try:
-            return proc.wait(timeout=wait)
+            rc = proc.wait(timeout=wait)
+            break
         except subprocess.TimeoutExpired:
             continue
-    return proc.wait()
+    else:
+        rc = proc.wait()
+    kill_group(proc)
+    return rc
+
+
+def kill_group(proc):
+    """Ends what a part left behind in its process group (data-loader or compile workers)."""
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
 
 
 def last_line(text):
@@ -407,10 +436,11 @@ def part_env(c):
     tag = "cpu" if not info.get("cuda_available") else re.sub(r"[^a-z0-9]+", "_", info.get("device", "gpu").lower()).strip("_")
     c.set_out(tag)
     if not m:
-        part.update(status="failed", note="could not read torch's environment: " + last_line(part["output"]))
+        c.amend(part, "failed", "could not read torch's environment: " + last_line(part["output"]))
         return False
     if not c.dry and not info.get("cuda_available"):
-        part.update(status="failed", note="no CUDA device visible; on a machine without a GPU use --dry-run")
+        c.amend(part, "failed", "no CUDA device visible; on a machine without a GPU use --dry-run"
+                + (f" (torch: {info['torch_error']})" if info.get("torch_error") else ""))
         return False
     return True
 
@@ -430,7 +460,7 @@ def part_build(c, always):
         after = json.loads(m.group(1)) if m else {}
         info.update({k: after.get(k) for k in ("alif_cuda_built", "cuda_kernels", "alif_cuda_error")})
         if not after.get("alif_cuda_built") or (not c.dry and not after.get("cuda_kernels")):
-            part.update(status="failed", note="the build finished but alif_cuda " + (
+            c.amend(part, "failed", "the build finished but alif_cuda " + (
                 "has no CUDA kernels" if after.get("alif_cuda_built") else f"does not import: {after.get('alif_cuda_error')}"))
     return part
 
@@ -453,7 +483,7 @@ def stage_verify(c):
     kr = c.run("kernel_report", c.fmt(COMMANDS[cmds]["kernel_report"], kernel_md=c.out / "kernel_report.md",
                                       kernel_json=kernel_json))
     if kr["status"] == "failed" and c.dry and re.search(r"cuobjdump not found|holds no CUDA machine code", kr["output"]):
-        kr.update(status="skipped", note="no cuobjdump or no CUDA code in this build: " + last_line(kr["output"]))
+        c.amend(kr, "skipped", "no cuobjdump or no CUDA code in this build: " + last_line(kr["output"]))
     if kernel_json.is_file():
         c.data["kernel_report"] = json.loads(kernel_json.read_text())["findings"]
 
@@ -461,19 +491,18 @@ def stage_verify(c):
     tests = c.run("tests", c.fmt(COMMANDS[cmds]["tests"], junit=junit), env=TEST_ENV if not c.dry else None)
     res = parse_junit(junit)
     c.data["tests"] = res
-    c.data["tests_junit"] = str(junit) if res is not None else None
     if res is not None:
         c.junit_suites = [junit]
-        tests["note"] = (tests["note"] + "; " if tests["note"] else "") + (
+        c.amend(tests, tests["status"], (tests["note"] + "; " if tests["note"] else "") + (
             f"{res['passed']} passed, {res['failures']} failed, {res['errors']} errors, {res['skipped']} skipped "
-            f"({res['gpu_skips']} for want of a GPU)")
+            f"({res['gpu_skips']} for want of a GPU)"))
         if tests["status"] == "passed" and res["tests"] == 0:
-            tests.update(status="failed", note="no test selected")
+            c.amend(tests, "failed", "no test selected")
         if not c.dry and res["gpu_skips"]:
-            tests.update(status="failed", note=tests["note"] + ": a CUDA case skipped on the GPU machine")
+            c.amend(tests, "failed", tests["note"] + ": a CUDA case skipped on the GPU machine")
     elif tests["status"] != "skipped":
-        tests.update(status="failed" if tests["status"] == "passed" else tests["status"],
-                     note=(tests["note"] + "; " if tests["note"] else "") + "no junit file written")
+        c.amend(tests, "failed" if tests["status"] == "passed" else tests["status"],
+                (tests["note"] + "; " if tests["note"] else "") + "no junit file written")
 
     sanitizer = find_sanitizer()
     for tool in ("memcheck", "racecheck"):
@@ -493,7 +522,7 @@ def stage_verify(c):
         part["note"] = (part["note"] + "; " if part["note"] else "") + (
             f"{count} {'errors' if tool == 'memcheck' else 'hazards'} reported" if count is not None else "no sanitizer summary")
         if part["status"] == "passed" and count:
-            part["status"] = "failed"
+            c.amend(part, "failed", part["note"])
 
     for name in ("bench_alif_fp32", "bench_alif_bf16", "bench_taid", "bench_train"):
         if name not in COMMANDS[cmds]:
@@ -504,7 +533,7 @@ def stage_verify(c):
         c.data[name] = dict(copy_gbps=parse_copy_gbps(part["output"]), rows=rows,
                             table=last_table_text(part["output"]))
         if part["status"] == "passed" and not rows:
-            part.update(status="failed", note="finished but printed no results table")
+            c.amend(part, "failed", "finished but printed no results table")
     verify_targets(c)
 
 
@@ -631,7 +660,7 @@ def stage_train(c):
         return
     table = COMMANDS[c.mode]
     run_dir = c.work / "train_run"
-    base = c.fmt(table["train"], run_dir=run_dir, epochs="{epochs}")
+    base = c.fmt(table["train"], run_dir=run_dir)
     n_train = int(option(base, "--subset", 60000))
     n_test = min(int(option(base, "--test-subset", 10000)), 10000)
 
@@ -641,12 +670,12 @@ def stage_train(c):
     else:
         probe_dir = c.work / "train_probe"
         probe_argv = [a.replace("{epochs}", str(PROBE_EPOCHS))
-                      for a in c.fmt(table["train"], run_dir=probe_dir, epochs="{epochs}")] + table["train_probe"]
+                      for a in c.fmt(table["train"], run_dir=probe_dir)] + table["train_probe"]
         probe = c.run("train_probe", probe_argv)
         records = read_jsonl(probe_dir / "metrics.jsonl")
         if probe["status"] != "passed" or len(records) < PROBE_EPOCHS:
-            probe.update(status="failed" if probe["status"] == "passed" else probe["status"],
-                         note=probe["note"] or f"the probe wrote {len(records)} of {PROBE_EPOCHS} epochs' metrics")
+            c.amend(probe, "failed" if probe["status"] == "passed" else probe["status"],
+                    probe["note"] or f"the probe wrote {len(records)} of {PROBE_EPOCHS} epochs' metrics")
             return
         # The last epoch's figures: the first one also pays for warm-up (cuDNN autotuning, caches).
         first, last = records[-2], records[-1]
@@ -767,7 +796,7 @@ def write_junit(c, path):
             ET.SubElement(case, "error", type="timeout", message=p["note"])
         elif p["status"] == "skipped":
             ET.SubElement(case, "skipped", message=p["note"])
-    for extra in getattr(c, "junit_suites", []):
+    for extra in c.junit_suites:
         try:
             other = ET.parse(extra).getroot()
         except (ET.ParseError, FileNotFoundError):

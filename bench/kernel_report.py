@@ -208,16 +208,23 @@ def report(so, cuobjdump):
                 kernels=kernels)
 
 
-def relative(path):
+def checkout_of(so):
+    """The checkout an extension was built in (alif_cuda/_C*.so sits one level down), else ours."""
+    so = Path(so).resolve()
+    return so.parents[1] if so.parent.name == "alif_cuda" else ROOT
+
+
+def relative(path, root=ROOT):
+    """path relative to root when inside it, else only its name: no machine's paths in a report."""
     try:
-        return str(Path(path).resolve().relative_to(ROOT))
+        return str(Path(path).resolve().relative_to(root))
     except ValueError:
-        return str(path)
+        return Path(path).name
 
 
-def git_head():
+def git_head(root=ROOT):
     try:
-        out = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
+        out = subprocess.run(["git", "-C", str(root), "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
         return out.stdout.strip() or None
     except OSError:
         return None
@@ -248,7 +255,8 @@ def markdown(rep, sha):
         "# Kernel report",
         "",
         f"Produced by `python bench/kernel_report.py` on {datetime.date.today().isoformat()} from "
-        f"`{relative(rep['extension'])}` (sha256 {sha[:12]}, git {git_head() or 'unknown'}), "
+        f"`{relative(rep['extension'], checkout_of(rep['extension']))}` (sha256 {sha[:12]}, "
+        f"git {git_head(checkout_of(rep['extension'])) or 'unknown'}), "
         f"targets {', '.join(rep['archs']) or 'none found'}; cuobjdump {rep['cuobjdump_release'] or ''} `-res-usage` and `-sass`. "
         "Static: no GPU ran.",
         "",
@@ -309,7 +317,7 @@ def main(argv=None):
     else:
         print(text)
     if args.json:
-        rep = dict(rep, extension=relative(so), sha256=sha, cuobjdump=relative(cuobjdump))
+        rep = dict(rep, extension=relative(so, checkout_of(so)), sha256=sha, cuobjdump=relative(cuobjdump))
         Path(args.json).write_text(json.dumps(rep, indent=1) + "\n")
     f = rep["findings"]
     print(f"{f['kernels']} kernels; local memory in {len(f['local_memory'])} ({len(f['local_memory_in_loops'])} inside "

@@ -214,3 +214,62 @@ def test_kernel_report_reads_widths_loops_and_local_memory():
     assert usage["_Z3fooPf"]["REG"] == 40 and usage["_Z3fooPf"]["STACK"] == 8
     assert kernel_report.short_name("void alif_cuda::(anonymous namespace)::alif_bwd_kernel<c10::BFloat16, false, true>"
                                     "(alif_cuda::AlifParams, float const*)") == "alif_bwd_kernel<bf16, false, true>"
+
+
+def test_gpu_verify_reads_its_parts_with_stand_in_commands(monkeypatch, tmp_path):
+    """The GPU branch of verify, with each command replaced by a stand-in that prints what the real
+    one prints on an H200: a CUDA case skipped for want of a GPU and a memcheck error fail the
+    stage; the targets are read at the headline sizes (T=8, N=2^24, 3x64x64, B=128)."""
+    def echo(text):
+        return ["{py}", "-c", f"print({text!r})"]
+
+    def table(header, *rows):
+        return "\n".join(["copy bandwidth 4300 GB/s", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+                         + ["| " + " | ".join(r) + " |" for r in rows])
+
+    alif = ["provider", "dtype", "T", "N", "mode", "ms", "GB/s", "of copy", "peak MB"]
+    junit = ('<testsuites><testsuite name="pytest"><testcase classname="t" name="ok"/><testcase classname="t" name="gpu">'
+             '<skipped message="no CUDA device visible"/></testcase></testsuite></testsuites>')
+    findings = {"findings": {"kernels": 2, "local_memory": [], "local_memory_in_loops": [],
+                             "with_16B_global_access": ["k"], "without_16B_global_access": ["j"]}}
+    stand_ins = {
+        "wheels": echo("installed"), "build": echo("built"),
+        "kernel_report": ["{py}", "-c", f"import json, sys; json.dump({findings!r}, open(sys.argv[1], 'w'))", "{kernel_json}"],
+        "tests": ["{py}", "-c", f"import sys; open(sys.argv[1], 'w').write({junit!r})", "{junit}"],
+        "memcheck": echo("========= ERROR SUMMARY: 2 errors"),
+        "racecheck": echo("========= RACECHECK SUMMARY: 0 hazards displayed (0 errors, 0 warnings)"),
+        "bench_alif_fp32": echo(table(alif, ["alif_cuda", "float32", "8", "2^24", "forward+backward", "1.000", "4000", "95%", "100"],
+                                      ["alif_cuda", "float32", "8", "2^24", "static forward+backward", "0.500", "3700", "88%", "50"],
+                                      ["spikingjelly", "float32", "8", "2^24", "forward+backward", "1.600", "2500", "60%", "400"])),
+        "bench_alif_bf16": echo(table(alif, ["alif_cuda", "bfloat16", "8", "2^24", "forward+backward", "0.600", "3500", "81%", "50"],
+                                      ["spikingjelly", "bfloat16", "8", "2^24", "forward+backward", "0.900", "2300", "53%", "200"])),
+        "bench_taid": echo(table(["plane (C x H x W), T=16, B=250", "mode", "provider", "ms", "GB/s", "of copy", "peak MB"],
+                                 ["3x64x64", "forward", "alif_cuda", "0.100", "3600", "84%", "10"],
+                                 ["3x64x64", "forward+backward", "alif_cuda", "0.300", "3000", "70%", "20"],
+                                 ["3x64x64", "forward+backward", "reference+compile", "0.600", "1500", "35%", "90"])),
+        "bench_train": echo(table(["net", "batch", "precision", "provider", "ms/step", "images/s", "peak MB"],
+                                  ["mnist", "128", "fp32", "alif_cuda", "5.0", "25600", "500"],
+                                  ["mnist", "128", "fp32", "spikingjelly", "12.0", "10667", "1000"])),
+    }
+    monkeypatch.setitem(gpu_check.COMMANDS, "gpu", stand_ins)
+    monkeypatch.setattr(gpu_check, "ENV_SNIPPET", 'print(\'ENV {"cuda_available": true, "device": "NVIDIA H200", '
+                                                  '"alif_cuda_built": true, "cuda_kernels": true, "torch": "2.11.0"}\')')
+    monkeypatch.setattr(gpu_check, "find_sanitizer", lambda: "compute-sanitizer")
+    monkeypatch.delenv("OUT", raising=False)
+    assert gpu_check.main(["--out", str(tmp_path), "verify"]) == 1
+    results = json.loads((tmp_path / "verify" / "results.json").read_text())
+    status = {p["name"]: p["status"] for p in results["parts"]}
+    assert status == {"env": "passed", "wheels": "passed", "build": "passed", "kernel_report": "passed", "tests": "failed",
+                      "memcheck": "failed", "racecheck": "passed", "bench_alif_fp32": "passed", "bench_alif_bf16": "passed",
+                      "bench_taid": "passed", "bench_train": "passed"}
+    met = {t["id"]: (t["value"], t["met"]) for t in results["targets"]}
+    assert met["cuda_tests"][1] is False and met["memcheck"] == (2, False) and met["racecheck"] == (0, True)
+    assert met["no_local_in_loops"] == (0, True)
+    assert met["alif_fp32_bw"] == (95.0, True) and met["alif_static_bw"] == (88.0, True)
+    assert met["alif_fp32_vs_sj"] == (1.6, True) and met["alif_memory"] == (0.25, True)
+    assert met["alif_bf16_vs_sj"] == (1.5, False)
+    assert met["taid_fwd_bw"] == (84.0, True) and met["taid_fb_vs_compile"] == (2.0, False)
+    assert met["train_fp32_vs_sj"] == (2.4, True) and met["train_memory"] == (0.5, True)
+    assert met["train_bf16_vs_sj"] == (None, None)  # not measured, and said so
+    summary = (tmp_path / "verify" / "summary.md").read_text()
+    assert summary.startswith("# gpu_check verify: FAILED") and "NVIDIA H200" in summary
