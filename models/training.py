@@ -340,8 +340,12 @@ def remove_stale_temporaries(run_dir: Path) -> List[str]:
 
 def command_line(parser, args, resume: bool = True) -> str:
     """The command that repeats this run (with --resume): every option that differs from its
-    default, plus the required ones."""
+    default, plus the required ones (under torchrun, a torchrun command; with several nodes, add
+    their options)."""
     parts = shlex.split(parser.prog)
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and parts[:2] == ["python", "-m"]:
+        parts[:1] = ["torchrun", f"--nproc_per_node={world}"]
     for action in parser._actions:
         if not action.option_strings or action.help == argparse.SUPPRESS or action.dest in ("help", "resume"):
             continue
@@ -471,7 +475,7 @@ def prepare_run_dir(args, parser, main: bool) -> None:
         removed = remove_stale_temporaries(out)
         if removed:
             _note(f"removed {len(removed)} temporary file(s) of interrupted writes from {out}: {', '.join(removed)}")
-        probe = out / f".write-test-{os.getpid()}"
+        probe = out / f".write-test.tmp-{os.getpid()}"
         probe.write_bytes(b"")
         probe.unlink()
     except OSError as e:

@@ -150,6 +150,23 @@ def test_a_real_sigkill_then_resume_is_bitwise_exact(data_dir, tmp_path, full):
     assert [r["epoch"] for r in tr.read_metrics(out)] == list(range(1, 13))
 
 
+def test_a_real_ctrl_c_prints_the_resume_command_and_no_traceback(data_dir, tmp_path):
+    out = tmp_path / "r"
+    proc = subprocess.Popen([sys.executable, str(ROOT / "tests" / "tiny_run.py"), *FAST[:-1], "200", "--data-dir",
+                             data_dir, "--out", str(out)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    while not (out / "metrics.jsonl").exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    err = err.decode()
+    assert proc.returncode == 130, err
+    assert "interrupted (Ctrl-C) in epoch" in err and "Traceback" not in err
+    command = err.strip().splitlines()[-1].strip()
+    assert f"--out {out} " in command and " --epochs 200 " in command and command.endswith(" --resume")
+    assert tr.load_checkpoint(out / "checkpoint.pt")["epoch"] >= 1
+
+
 # ---- item 4: stale temporaries, a full disk ----------------------------------------------------
 def test_stale_temporaries_are_removed_at_start(data_dir, tmp_path, capsys, full):
     run(data_dir, tmp_path / "r", "--epochs", "1", "--keep-optimizer")
@@ -323,6 +340,14 @@ def test_a_read_only_run_directory_is_refused(data_dir, tmp_path, capsys):
     with pytest.raises(SystemExit):
         run(data_dir, tmp_path / "ro")
     assert "cannot create or write" in capsys.readouterr().err
+
+
+def test_output_files_are_checked_before_the_work(tmp_path):
+    tr.check_output_file(tmp_path / "report.json")
+    with pytest.raises(ValueError, match="is a directory; give a file name"):
+        tr.check_output_file(tmp_path)
+    with pytest.raises(ValueError, match=f"the folder {tmp_path / 'nowhere'} does not exist"):
+        tr.check_output_file(tmp_path / "nowhere" / "report.json")
 
 
 def test_resume_with_fewer_epochs_than_done_and_a_finished_run(data_dir, finished, tmp_path, capsys):
