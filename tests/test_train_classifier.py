@@ -4,6 +4,7 @@ import json
 import os
 import re
 import socket
+import zipfile
 
 import pytest
 import torch
@@ -138,6 +139,25 @@ def test_evaluate_reports_accuracy_per_class_and_firing_rates(data_dir, tmp_path
     # The training record's per-layer rates (same model, same 16 test images) agree with evaluation's.
     recorded = tr.read_metrics(tmp_path / "run")[-1]["firing_rate"]
     assert recorded == pytest.approx(report["firing_rate"], abs=1e-6)
+
+
+def test_evaluate_refuses_damaged_checkpoints_and_bad_outputs_before_evaluating(data_dir, tmp_path, capsys):
+    run(data_dir, tmp_path / "run", "--epochs", "1", "--subset", "16")
+    good = tmp_path / "run" / "checkpoint.pt"
+    content = bytearray(good.read_bytes())
+    with zipfile.ZipFile(good) as z:
+        info = max(z.infolist(), key=lambda i: i.file_size)
+    content[info.header_offset + 30 + len(info.filename) + 64 + info.file_size // 2] ^= 0x01
+    bad = tmp_path / "flipped.pt"
+    bad.write_bytes(bytes(content))
+    args = ["--data-dir", data_dir, "--workers", "0", "--progress", "none"]
+    with pytest.raises(SystemExit) as exc:
+        evaluate_classifier.main(["--checkpoint", str(bad), *args])
+    assert exc.value.code == 2 and f"{bad} is damaged: the CRC-32 of its record" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        evaluate_classifier.main(["--checkpoint", str(good), "--out", str(tmp_path / "nowhere" / "r.json"), *args])
+    captured = capsys.readouterr()
+    assert "nowhere does not exist" in captured.err and "test_acc" not in captured.out
 
 
 def test_ablation_runs_six_configurations_and_writes_a_table(data_dir, tmp_path):
