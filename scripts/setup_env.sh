@@ -121,10 +121,18 @@ else
   # it loaded keeps its copy instead of crashing.
   rm -f alif_cuda/_C*.so "$alif_stamp"
   export MAX_JOBS=${MAX_JOBS:-$(nproc)}
+  mkdir -p build
+  alif_log=build/alif_cuda_build.log
+  echo "setup_env: building alif_cuda ($alif_state; CUDA kernels: ${FORCE_CUDA:-0}; a few minutes; log in $alif_log)"
   if [ "$alif_state" = sources ]; then
-    .venv/bin/python setup.py -q build_ext --inplace
+    alif_build=(.venv/bin/python setup.py build_ext --inplace)
   else
-    .venv/bin/pip install -q --no-build-isolation --no-deps -e .
+    alif_build=(.venv/bin/pip install --no-build-isolation --no-deps -e .)
+  fi
+  if ! "${alif_build[@]}" > "$alif_log" 2>&1; then
+    tail -n 40 "$alif_log" >&2
+    echo "setup_env: the build failed: ${alif_build[*]} (full log: $alif_log)" >&2
+    exit 1
   fi
   echo "$alif_config_key $alif_sources_key" > "$alif_stamp"
   case "$(alif_build_state)" in
