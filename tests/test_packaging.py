@@ -135,3 +135,14 @@ def test_wheel_built_from_the_sdist_alone_runs(sdist, tmp_path):
     env["PYTHONPATH"] = str(tmp_path / "site")
     done = _run([sys.executable, "-c", check, str(tmp_path / "site")], cwd=tmp_path, env=env)
     assert "wheel ok" in done.stdout
+
+
+def test_import_exposes_layers_and_one_version():
+    """`import alif_cuda` alone gives alif_cuda.layers (a fresh interpreter, so no other test's
+    import of alif_cuda.layers can make it pass), and the citation names the package's version."""
+    done = _run([sys.executable, "-c", "import alif_cuda; print(alif_cuda.layers.TimeDistributed.__name__)"],
+                cwd=ROOT)
+    assert done.stdout.split() == ["TimeDistributed"]
+    cff = (ROOT / "CITATION.cff").read_text()
+    assert f"\nversion: {VERSION}\n" in cff
+    assert "title: \"When Spiking Neural Networks Meet Temporal Attention Image Decoding and Adaptive Spiking Neuron\"" in cff
