@@ -15,6 +15,11 @@ PYTHON=${PYTHON:-python3}
 if [ ! -x .venv/bin/python ]; then
   "$PYTHON" -m venv .venv
 fi
+# Two set-ups at once in one checkout would build over each other: the second waits.
+if command -v flock > /dev/null; then
+  exec 9> .venv/alif_cuda_build.lock
+  flock 9
+fi
 
 # pip resolves against the index even when everything is installed (seconds per call), so check
 # the installed versions first and call pip only for what is missing.
@@ -147,4 +152,7 @@ else
       exit 1 ;;
   esac
   echo "alif_cuda built in $(( $(date +%s) - start )) s ($alif_state; CUDA kernels: ${FORCE_CUDA:-0})"
+fi
+if command -v flock > /dev/null; then
+  exec 9>&-
 fi
