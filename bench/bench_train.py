@@ -5,12 +5,16 @@ network run through the plain PyTorch reference ops, all in one run on one devic
                                 [--precisions fp32 bf16] [--providers alif_cuda reference spikingjelly]
                                 [--check-steps 300]
 
+Defaults depend on the device: on a GPU both nets, batches 128 and 512, fp32 and bf16, 10 reps; on
+a CPU (a run of a few minutes) the MNIST net at batch 16 (the paper's), fp32, 3 reps.
+
 A step is forward, rate-MSE loss, backward and the Adam update (T=8). Providers:
   alif_cuda     models.classifiers.SpikingClassifier (static first conv+BN, fused ALIF)
   reference     the same network under alif_cuda.use_reference_ops() (alif_ref's eager loop)
-  spikingjelly  the same architecture from SpikingJelly 2.0 layers with ParametricLIFNode
-                (init_tau 2, decay_input=False, v_threshold 0.2, v_reset 0, multi-step, its default
-                CUDA path), the static first conv+BN computed once as PLIF's code does (when importable)
+  spikingjelly  the same architecture from SpikingJelly 2.0 layers with ParametricLIFNode at
+                PLIF's init, the neuron our default models (init_tau 2, v_threshold 1, decay_input,
+                ATan, detached reset to 0, multi-step, its default backend), the static first
+                conv+BN computed once as PLIF's code does (when importable)
 Reports the median step time (CUDA events after warm-up), images/s and peak memory. With
 --check-steps it first trains each provider's MNIST network on a fixed synthetic task for that
 many steps and fails unless the loss falls, so speed is never bought with a broken model.
@@ -27,20 +31,31 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # models/ from the
 import alif_cuda  # noqa: E402
 from common import device_name, markdown_table, peak_extra_mb, time_ms, write_results  # noqa: E402
 from models.classifiers import build_classifier, rate_mse_loss  # noqa: E402
+from models.train_classifier import HelpFormatter  # noqa: E402
 
 T = 8
 SHAPES = {"mnist": (1, 28), "cifar10": (3, 32)}
 
 
-def spikingjelly_net(net: str):
-    """The Table 8 network from SpikingJelly layers, or None when SpikingJelly is missing."""
+# SpikingJelly's ParametricLIFNode at the two operating points of models.classifiers.NEURON_PRESETS:
+# "plif" is PLIF's own init (the same neuron as our default), "paper" the paper's text values.
+SJ_NEURONS = {
+    "plif": dict(init_tau=2.0, v_threshold=1.0, decay_input=True),
+    "paper": dict(init_tau=1 / 0.75, v_threshold=0.2, decay_input=False),
+}
+
+
+def spikingjelly_net(net: str, neuron: str = "plif"):
+    """The Table 8 network from SpikingJelly layers (ParametricLIFNode, ATan, detached hard reset
+    to 0, multi-step), or None when SpikingJelly is missing."""
     try:
-        from spikingjelly.activation_based import functional, layer, neuron
+        from spikingjelly.activation_based import functional, layer, neuron as sj_neuron, surrogate
     except ImportError:
         return None
 
     def node():
-        return neuron.ParametricLIFNode(init_tau=2.0, decay_input=False, v_threshold=0.2, v_reset=0.0, step_mode="m")
+        return sj_neuron.ParametricLIFNode(v_reset=0.0, detach_reset=True, surrogate_function=surrogate.ATan(),
+                                           step_mode="m", **SJ_NEURONS[neuron])
 
     c_in, c = (1, 128) if net == "mnist" else (3, 256)
     convs_per_stage = [1, 1] if net == "mnist" else [3, 3]
@@ -108,18 +123,26 @@ def check_learning(provider, device, steps):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--nets", nargs="+", choices=tuple(SHAPES), default=["mnist", "cifar10"])
-    parser.add_argument("--batches", type=int, nargs="+", default=[128, 512])
-    parser.add_argument("--precisions", nargs="+", choices=("fp32", "bf16"), default=["fp32", "bf16"])
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cuda or cpu")
+    parser.add_argument("--nets", nargs="+", choices=tuple(SHAPES), default=None,
+                        help="networks (default: mnist cifar10 on a GPU, mnist on a CPU)")
+    parser.add_argument("--batches", type=int, nargs="+", default=None,
+                        help="batch sizes (default: 128 512 on a GPU, 16 on a CPU)")
+    parser.add_argument("--precisions", nargs="+", choices=("fp32", "bf16"), default=None,
+                        help="autocast precisions (default: fp32 bf16 on a GPU, fp32 on a CPU)")
     parser.add_argument("--providers", nargs="+", choices=("alif_cuda", "reference", "spikingjelly"),
-                        default=["alif_cuda", "reference", "spikingjelly"])
-    parser.add_argument("--reps", type=int, default=10)
+                        default=["alif_cuda", "reference", "spikingjelly"], help="implementations to time")
+    parser.add_argument("--reps", type=int, default=None, help="timed steps per case (default: 10 on a GPU, 3 on a CPU)")
     parser.add_argument("--check-steps", type=int, default=0, help="first check that each provider learns (e.g. 300)")
-    parser.add_argument("--no-save", action="store_true")
+    parser.add_argument("--no-save", action="store_true", help="print only; write no results files")
     args = parser.parse_args()
     device = torch.device(args.device)
+    gpu = device.type == "cuda"
+    for name, on_gpu, on_cpu in (("nets", ["mnist", "cifar10"], ["mnist"]), ("batches", [128, 512], [16]),
+                                 ("precisions", ["fp32", "bf16"], ["fp32"]), ("reps", 10, 3)):
+        if getattr(args, name) is None:
+            setattr(args, name, on_gpu if gpu else on_cpu)
     if device.type == "cuda" and not (torch.cuda.is_available() and alif_cuda.cuda_kernels_available()):
         parser.error("--device cuda needs a visible GPU and a CUDA build of alif_cuda")
     if device.type == "cpu" and "bf16" in args.precisions:

@@ -18,22 +18,25 @@ import alif_cuda  # noqa: E402
 from bench_train import SHAPES, make_step  # noqa: E402
 from common import RESULTS_DIR, device_name, device_slug  # noqa: E402
 from models.classifiers import build_classifier  # noqa: E402
+from models.train_classifier import HelpFormatter  # noqa: E402
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--net", choices=tuple(SHAPES), default="mnist")
-    parser.add_argument("--batch", type=int, default=128)
-    parser.add_argument("--precision", choices=("fp32", "bf16"), default="fp32")
-    parser.add_argument("--steps", type=int, default=5)
-    parser.add_argument("--rows", type=int, default=20)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cuda or cpu")
+    parser.add_argument("--net", choices=tuple(SHAPES), default="mnist", help="which Table 8 network")
+    parser.add_argument("--batch", type=int, default=128, help="images per step")
+    parser.add_argument("--precision", choices=("fp32", "bf16"), default="fp32", help="autocast precision (bf16: GPU)")
+    parser.add_argument("--steps", type=int, default=5, help="profiled steps (after 1 skipped and 2 warm-up steps)")
+    parser.add_argument("--rows", type=int, default=20, help="rows of the printed table")
     args = parser.parse_args()
     device = torch.device(args.device)
     if device.type == "cuda" and not (torch.cuda.is_available() and alif_cuda.cuda_kernels_available()):
         parser.error("--device cuda needs a visible GPU and a CUDA build of alif_cuda")
     if args.steps < 1 or args.batch < 1:
-        parser.error("--steps and --batch must be >= 1")
+        parser.error(f"--steps and --batch must be >= 1, got {args.steps} and {args.batch}")
+    if device.type == "cpu" and args.precision == "bf16":
+        parser.error("bf16 autocast needs a GPU here (the CPU kernels run float32); use --precision fp32")
     c, size = SHAPES[args.net]
     torch.manual_seed(0)
     model = build_classifier(args.net).to(device)

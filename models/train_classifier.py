@@ -4,46 +4,97 @@
     torchrun --nproc_per_node=N -m models.train_classifier ...      (DistributedDataParallel)
 
 Defaults follow the paper (PLIF's recipe): T=8, Adam lr 1e-3, cosine annealing stepped per
-epoch, batch 16, PLIF's augmentation, rate-MSE loss. RUN_DIR receives metrics.jsonl (one line per
-epoch), checkpoint.pt (written atomically after every epoch; --resume continues from it exactly),
-summary.json and curves.png. Under torchrun, --batch-size is per process; rank 0 logs and writes.
+epoch, batch 16, PLIF's augmentation, rate-MSE loss. The neurons default to the operating point of
+the paper's classifier code (--neuron plif: PLIF's neuron, in our op's units tau 0.5, v_th 2, ATan
+alpha 1); --neuron paper gives the paper's text (tau 0.25, v_th 0.2, rect width 1), which at lr
+1e-3 silences the output layer within a few steps and stays at chance (see models/classifiers.py).
+RUN_DIR receives metrics.jsonl (one line per epoch, with each ALIF layer's firing rate in training
+and on the test set), checkpoint.pt (written atomically after every epoch; --resume continues from
+it exactly), summary.json and curves.png. A layer firing below 1% or above 99% of its neuron-steps
+over an epoch is reported as a warning. Under torchrun, --batch-size is per process; rank 0 logs
+and writes.
 """
 import argparse
 import math
 import sys
+import warnings
 from typing import Dict, List, Optional
 
 import torch
 
 from . import training as tr
-from .classifiers import NeuronConfig, SpikingClassifier, rate_mse_loss, table8_config
-from .data import check_data_dir, classification_dataset
+from .classifiers import (NEURON_PRESETS, FiringMonitor, NeuronConfig, SpikingClassifier, firing_warnings,
+                          rate_mse_loss, table8_config)
+from .data import check_data_dir, classification_dataset, classifier_transforms
 
 DATASETS = ("mnist", "fashion", "cifar10")
+# The neuron options a --neuron preset fills in when they are not given.
+PRESET_OPTIONS = ("tau", "v_th", "surrogate", "width", "alpha")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="python -m models.train_classifier", description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    p.add_argument("--dataset", choices=DATASETS, required=True)
+class HelpFormatter(tr.HelpFormatter):
+    """The module docstring as written, and every option's default after its help (options whose
+    default is None say in their help what they fall back to)."""
+
+    def _get_help_string(self, action):
+        if action.default is None:
+            return action.help
+        return super()._get_help_string(action)
+
+
+def preset_help(key: str) -> str:
+    return ", ".join(f"{name} {values[key]}" for name, values in NEURON_PRESETS.items())
+
+
+def build_parser(prog: str = "python -m models.train_classifier", description: str = __doc__,
+                 skip: tuple = ()) -> argparse.ArgumentParser:
+    """train_classifier's options; `skip` leaves out options a caller sets itself (the ablation)."""
+    p = argparse.ArgumentParser(prog=prog, description=description, formatter_class=HelpFormatter)
+    p.add_argument("--dataset", choices=DATASETS, required=True, help="which Table 8 network and dataset")
     tr.add_run_args(p, epochs=64, batch_size=16, lr=1e-3, seed=2020)
-    p.add_argument("--weight-decay", type=float, default=0.0)
-    p.add_argument("--cosine-tmax", type=int, default=None, help="CosineAnnealingLR T_max in epochs (default: --epochs; PLIF used 64)")
+    p.add_argument("--weight-decay", type=float, default=0.0, help="Adam's L2 weight decay")
+    p.add_argument("--cosine-tmax", type=int, default=None,
+                   help="CosineAnnealingLR T_max in epochs (default: --epochs; PLIF used 64)")
     p.add_argument("--T", type=int, default=8, help="time steps")
-    # The neurons (Table 7's ablation varies the first three).
-    p.add_argument("--tau", type=float, default=0.25, help="initial decay, 0 < tau < 1")
-    p.add_argument("--v-th", type=float, default=0.2, help="initial threshold")
-    p.add_argument("--fixed-neurons", action="store_true", help="tau and v_th are not learned")
+    p.add_argument("--no-augment", action="store_true",
+                   help="train on the images as they are, without PLIF's augmentation (which regularises long "
+                        "runs and slows the first epoch)")
+    # The neurons (Table 7's ablation varies tau, v_th and --fixed-neurons).
+    p.add_argument("--neuron", choices=tuple(NEURON_PRESETS), default="plif",
+                   help="the neurons' operating point: plif = the paper's classifier code (PLIF's neuron, "
+                        "learns at lr 1e-3); paper = the paper's text (tau 0.25, v_th 0.2, rect), which needs a "
+                        "much smaller --lr; the options below override single values")
+    if "tau" not in skip:
+        p.add_argument("--tau", type=float, default=None,
+                       help=f"initial decay, 0 < tau < 1 (default: the preset's: {preset_help('tau')})")
+    if "v_th" not in skip:
+        p.add_argument("--v-th", type=float, default=None,
+                       help=f"initial threshold (default: the preset's: {preset_help('v_th')})")
+    p.add_argument("--surrogate", choices=("rect", "atan"), default=None,
+                   help=f"spike surrogate gradient (default: the preset's: {preset_help('surrogate')})")
+    p.add_argument("--width", type=float, default=None,
+                   help=f"rect surrogate's window width around v_th (default: the preset's: {preset_help('width')})")
+    p.add_argument("--alpha", type=float, default=None,
+                   help=f"atan surrogate's sharpness (default: the preset's: {preset_help('alpha')})")
+    if "fixed_neurons" not in skip:
+        p.add_argument("--fixed-neurons", action="store_true", help="tau and v_th are not learned")
     p.add_argument("--per-channel", action="store_true", help="one tau and v_th per channel instead of per layer")
-    p.add_argument("--surrogate", choices=("rect", "atan"), default="rect")
-    p.add_argument("--no-second-dropout", action="store_true", help="drop the dropout before the last linear layer (PLIF's CIFAR-10 code)")
+    p.add_argument("--no-second-dropout", action="store_true",
+                   help="drop the dropout before the last linear layer (PLIF's CIFAR-10 code)")
     return p
+
+
+def resolve_neuron_options(args: argparse.Namespace) -> None:
+    """Fills the neuron options not given on the command line from the --neuron preset (so the
+    checkpoint's recipe records the values used)."""
+    for key in PRESET_OPTIONS:
+        if getattr(args, key, None) is None:
+            setattr(args, key, NEURON_PRESETS[args.neuron][key])
 
 
 def validate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
     """Every argument checked before any data is read or anything is computed."""
+    resolve_neuron_options(args)
     tr.validate_run_args(args, parser, lambda: check_data_dir(args.dataset, args.data_dir, args.download))
     if args.T < 1:
         parser.error(f"--T must be >= 1, got {args.T}")
@@ -55,14 +106,23 @@ def validate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
         parser.error(f"--tau must be in (0, 1), got {args.tau}")
     if not math.isfinite(args.v_th):
         parser.error(f"--v-th must be finite, got {args.v_th}")
+    for name in ("width", "alpha"):
+        value = getattr(args, name)
+        if not (math.isfinite(value) and value > 0):
+            parser.error(f"--{name} must be > 0, got {value}")
 
 
 def model_config(args: argparse.Namespace):
+    resolve_neuron_options(args)
     neuron = NeuronConfig(
         tau=args.tau, v_th=args.v_th, learnable=not args.fixed_neurons, per_channel=args.per_channel,
-        surrogate=args.surrogate,
+        surrogate=args.surrogate, width=args.width, alpha=args.alpha,
     )
     return table8_config(args.dataset, T=args.T, neuron=neuron, second_dropout=not args.no_second_dropout)
+
+
+class FiringRateWarning(UserWarning):
+    """A layer fired below 1% or above 99% of its neuron-steps over an epoch."""
 
 
 def neuron_values(model: SpikingClassifier) -> Dict[str, Dict[str, float]]:
@@ -83,9 +143,13 @@ def neuron_values(model: SpikingClassifier) -> Dict[str, Dict[str, float]]:
 
 
 @torch.no_grad()
-def evaluate(model: SpikingClassifier, loader, device, amp: str, classes: int = 10):
-    """Test loss, accuracy and per-class accuracy (%) over a loader."""
+def evaluate(model: SpikingClassifier, loader, device, amp: str, classes: int = 10, progress: bool = False):
+    """Test loss, accuracy and per-class accuracy (%) over a loader (with a progress bar if asked)."""
     model.eval()
+    if progress:
+        from tqdm import tqdm
+
+        loader = tqdm(loader, desc="evaluating", unit="batch", dynamic_ncols=True)
     loss_sum = torch.zeros((), device=device, dtype=torch.float64)
     correct = torch.zeros(classes, device=device, dtype=torch.long)
     count = torch.zeros(classes, device=device, dtype=torch.long)
@@ -112,6 +176,7 @@ def main(argv: Optional[List[str]] = None) -> SpikingClassifier:
         args.cosine_tmax = args.epochs
     cfg = model_config(args)
     model = SpikingClassifier(cfg).to(device)
+    monitor = FiringMonitor(model.neurons())
     optimizer = torch.optim.Adam(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
 
     def train_step(net, batch, epoch):
@@ -121,6 +186,20 @@ def main(argv: Optional[List[str]] = None) -> SpikingClassifier:
         loss = rate_mse_loss(rates.float(), labels)
         return loss, {"acc": 100.0 * (rates.detach().argmax(1) == labels).sum()}, labels.numel()
 
+    epochs_done = [ckpt["epoch"] if ckpt is not None else 0]
+
+    def epoch_info(model):
+        """Tau and v_th per layer and the firing rates of this epoch's training passes (the test
+        set's are fit()'s firing_rate); warns about layers silent or saturated in either."""
+        train_rates = {k: round(v, 6) for k, v in monitor.rates("train").items()}
+        test_rates = monitor.rates("eval")
+        monitor.clear()
+        epochs_done[0] += 1
+        for where, rates in (("training", train_rates), ("test", test_rates)):
+            for message in firing_warnings(rates):
+                warnings.warn(f"epoch {epochs_done[0]} ({where}): {message}", FiringRateWarning, stacklevel=1)
+        return {"neurons": neuron_values(model), "train_firing_rate": train_rates}
+
     def evaluate_test(model, loader):
         loss, acc, _ = evaluate(model, loader, device, args.amp)
         return {"test_loss": loss, "test_acc": acc}
@@ -128,11 +207,13 @@ def main(argv: Optional[List[str]] = None) -> SpikingClassifier:
     job = tr.Job(
         model=model, optimizer=optimizer,
         scheduler=torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=args.cosine_tmax),
-        train_set=classification_dataset(args.dataset, args.data_dir, train=True, download=args.download),
+        train_set=classification_dataset(
+            args.dataset, args.data_dir, train=True, download=args.download,
+            transform=classifier_transforms(args.dataset, train=False) if args.no_augment else None),
         test_set=classification_dataset(args.dataset, args.data_dir, train=False, download=args.download),
         train_step=train_step, evaluate=evaluate_test, model_config=cfg.to_dict(), best=("test_acc", "max"),
         curves=[("loss", ["train_loss", "test_loss"]), ("accuracy (%)", ["train_acc", "test_acc"])],
-        title=f"training {args.dataset} T={args.T}", epoch_info=lambda m: {"neurons": neuron_values(m)},
+        title=f"training {args.dataset} T={args.T}", epoch_info=epoch_info,
     )
     return tr.fit(job, args, d, device, ckpt)
 
