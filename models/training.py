@@ -368,7 +368,9 @@ def _note(message: str) -> None:
 # ---- the shared options -----------------------------------------------------------------------
 # Arguments that only say how to run, not what is trained: they may change on --resume.
 RUN_ONLY = {"out", "resume", "workers", "device", "data_dir", "download", "halt_after_steps", "epochs", "progress",
-            "test_subset", "log_every", "keep_optimizer", "stop_on_nonfinite", "resume_command"}
+            "test_subset", "log_every", "keep_optimizer", "stop_on_nonfinite"}
+# What the driver itself keeps in args (never part of the recipe).
+INTERNAL = {"resume_command", "run_dir_created"}
 
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
@@ -485,8 +487,9 @@ def prepare_run_dir(args, parser, main: bool) -> None:
     entries = sorted(p.name for p in out.iterdir() if not p.name.startswith("."))
     if args.resume and not has_ckpt:
         leftovers = [n for n in entries if n in RUN_FILES]
-        _note(f"--resume: {out} holds no checkpoint yet (the run stopped before its first epoch ended): "
-              f"starting it from the beginning" + (f"; removing {', '.join(leftovers)}" if leftovers else ""))
+        why = "is new" if created else "holds no checkpoint yet (the run stopped before its first epoch ended)"
+        _note(f"--resume: {out} {why}: starting the run from the beginning"
+              + (f"; removing {', '.join(leftovers)}" if leftovers else ""))
         for name in leftovers:
             (out / name).unlink()
         args.resume = False
@@ -511,7 +514,7 @@ def _undo_run_dir(out: Path, created: bool) -> None:
 
 def recipe(args) -> Dict:
     """What a run trains: every argument but the RUN_ONLY ones."""
-    return {k: v for k, v in vars(args).items() if k not in RUN_ONLY and k != "run_dir_created"}
+    return {k: v for k, v in vars(args).items() if k not in RUN_ONLY and k not in INTERNAL}
 
 
 def prepare_run(args, parser, inherit=()):
@@ -698,15 +701,19 @@ class Progress:
                   f"run ETA {format_duration(run_left)}", flush=True)
 
     def end_epoch(self, steps_done: int) -> None:
-        if self.bar is not None:
-            self.bar.close()
-            self.bar = None
+        self.close()
         self.step_time += time.perf_counter() - self.t0
         self.steps_timed += steps_done
         self.steps_left_total -= steps_done
 
     def evaluated(self, seconds: float) -> None:
         self.eval_time = seconds
+
+    def close(self) -> None:
+        """Ends an open bar, so that a message after an interruption starts on its own line."""
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
 
 
 def _nonfinite(loss: torch.Tensor, model: torch.nn.Module, check_grads: bool) -> Optional[str]:
@@ -910,12 +917,14 @@ def _fit(job: Job, args, d: Dist, device: torch.device, ckpt: Optional[Dict]) ->
         if d.main:
             _finish(job, args, d, device, records, best, best_epoch, wall_before, time.perf_counter() - started)
     except KeyboardInterrupt:
+        progress.close()
         if d.main:
             _interrupted(args, run_dir, epoch, step, len(train_loader), "interrupted (Ctrl-C)")
         raise SystemExit(130) from None
     except (DiskFullError, NonFiniteError) as e:
         if not d.main:
             raise
+        progress.close()
         _interrupted(args, run_dir, epoch, step, len(train_loader), str(e))
         raise SystemExit(1) from None
     return model

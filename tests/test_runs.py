@@ -122,7 +122,7 @@ def test_a_kill_before_the_first_checkpoint_never_sticks(data_dir, tmp_path, cap
     capsys.readouterr()
     resumed = run(data_dir, tmp_path / "cut", "--resume")
     err = capsys.readouterr().err
-    assert "holds no checkpoint yet" in err and "starting it from the beginning" in err and "metrics.jsonl" in err
+    assert "holds no checkpoint yet" in err and "starting the run from the beginning" in err and "metrics.jsonl" in err
     assert_same_run(full, resumed, tmp_path / "cut")
     with pytest.raises(SystemExit, match="halted"):
         run(data_dir, tmp_path / "again", "--halt-after-steps", "1")
