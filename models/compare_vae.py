@@ -1,7 +1,7 @@
 """The paper's Tables 1-4 side by side at one budget: FSVAE+TAID, FSVAE+membrane and the ANN VAE
 trained on one dataset, all measured with one FAD autoencoder.
 
-    python -m models.compare_vae --dataset mnist [--data-dir DIR] --out results/vae_mnist \
+    python -m models.compare_vae --dataset mnist [--data-dir DIR] --out results/vae_mnist \\
         [--budget fsvae|paper] [--epochs N] [--fad-epochs 150] [--batch-size N] [--num-samples 5000] [--subset N] ...
 
 Runs go to OUT/<name>/ and are resumable (a finished run is skipped, an interrupted one resumes).

@@ -1,6 +1,6 @@
 """Evaluate a trained VAE: reconstruction MSE, FAD, and (given local Inception weights) IS and FID.
 
-    python -m models.evaluate_vae --checkpoint RUN_DIR/checkpoint.pt [--data-dir DIR] \
+    python -m models.evaluate_vae --checkpoint RUN_DIR/checkpoint.pt [--data-dir DIR] \\
         [--fad-ae FAD_RUN/checkpoint.pt] [--inception-weights inception_v3.pth] [--num-samples 5000] [--out m.json]
 
 FAD, as FSVAE computes it: the Frechet distance between Gaussian fits of the FAD autoencoder's

@@ -1,6 +1,6 @@
 """Train the paper's generative models: FSVAE with TAID or membrane decoding, or the ANN VAE.
 
-    python -m models.train_vae --model {fsvae,ann} --decoder {taid,membrane} \
+    python -m models.train_vae --model {fsvae,ann} --decoder {taid,membrane} \\
         --dataset {mnist,fashion,cifar10,celeba} --data-dir DIR --out RUN_DIR [options]
     torchrun --nproc_per_node=N -m models.train_vae ...          (DistributedDataParallel)
 
@@ -37,6 +37,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dataset", choices=DATASETS, required=True)
     tr.add_run_args(p, epochs=150, batch_size=250, lr=1e-3, seed=0)
     p.set_defaults(epochs=None, batch_size=None)
+    budget_help = {"epochs": "from --budget (fsvae 150, paper 300)", "batch_size": "per process; from --budget (fsvae 250, paper 200)"}
+    for action in p._actions:
+        action.help = budget_help.get(action.dest, action.help)
     p.add_argument("--budget", choices=tuple(BUDGETS), default="fsvae",
                    help="epochs and batch size: fsvae 150 x 250 (FSVAE's configs), paper 300 x 200 (the paper's text)")
     p.add_argument("--lr-scaling", choices=("fsvae", "batch", "none"), default="fsvae",
@@ -81,9 +84,10 @@ def effective_lr(args, world: int) -> float:
     return args.lr * args.batch_size * world / 250 if scaled else args.lr
 
 
-def batches_per_epoch(n_train: int, batch: int, world: int) -> int:
+def batches_per_epoch(n_train: int, batch: int, world: int, drop_last: bool = False) -> int:
     """Each process's batches per epoch (DistributedSampler pads to a multiple of the world size)."""
-    return math.ceil(math.ceil(n_train / world) / batch)
+    per_rank = math.ceil(n_train / world)
+    return per_rank // batch if drop_last else math.ceil(per_rank / batch)
 
 
 @torch.no_grad()
@@ -122,12 +126,13 @@ def main(argv: Optional[List[str]] = None):
     if args.schedule_epochs is None:
         args.schedule_epochs = args.epochs
     train_set = image_dataset(args.dataset, args.data_dir, train=True, download=args.download)
+    drop_last = args.dataset in ("fashion", "cifar10")  # as FSVAE's loaders
     cfg = model_config(args)
     if args.kld_weight is not None:
         cfg.kld_weight = args.kld_weight
     elif cfg.model == "ann":
         n_train = len(train_set) if args.subset is None else args.subset
-        cfg.kld_weight = 1.0 / batches_per_epoch(n_train, args.batch_size, d.world)
+        cfg.kld_weight = 1.0 / max(batches_per_epoch(n_train, args.batch_size, d.world, drop_last), 1)
     model = build_vae(cfg).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=effective_lr(args, d.world), betas=(0.9, 0.999),
                                   weight_decay=args.weight_decay)
@@ -147,6 +152,7 @@ def main(argv: Optional[List[str]] = None):
         train_step=train_step, evaluate=lambda m, loader: evaluate(m, loader, device, args.amp),
         model_config=cfg.to_dict(), best=("test_loss", "min"),
         curves=[("loss", ["train_loss", "test_loss"]), ("reconstruction MSE", ["train_recon_loss", "test_recon_loss"])],
+        warn_firing=True, drop_last=drop_last,
         title=f"training {args.model}{'+' + args.decoder if args.model == 'fsvae' else ''} on {args.dataset}",
     )
     return tr.fit(job, args, d, device, ckpt)

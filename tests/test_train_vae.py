@@ -113,7 +113,7 @@ def test_fsvae_cold_tdbn_statistics_give_constant_samples_and_evaluate_warns(dat
     trained FSVAE is silent in eval mode, so every sample is the same image; evaluate_vae says so."""
     run = tmp_path / "cold"
     train_vae.main(FAST + ["--data-dir", data_dir, "--out", str(run), "--epochs", "2", "--bn-stats", "fsvae"])
-    capsys.readouterr()
+    assert re.search(r"warning: epoch 2: layer prior\.\S+ fired at 0\.0+ on the test set \(silent", capsys.readouterr().err)
     report = evaluate_vae.main(["--checkpoint", str(run / "checkpoint.pt"), "--data-dir", data_dir,
                                 "--num-samples", "8", "--batch-size", "8"])
     assert report["samples_constant"] is True and "same image" in report["warnings"][0]
@@ -145,6 +145,7 @@ def test_budgets_and_model_defaults():
     args.lr_scaling = "none"
     assert train_vae.effective_lr(args, world=1) == pytest.approx(1e-3)
     assert train_vae.batches_per_epoch(60000, 250, 1) == 240 and train_vae.batches_per_epoch(10, 4, 2) == 2
+    assert train_vae.batches_per_epoch(60000, 256, 1) == 235 and train_vae.batches_per_epoch(60000, 256, 1, True) == 234
 
 
 def test_fsvae_learns_on_real_mnist(tmp_path):
