@@ -23,7 +23,8 @@ MAX_FILES, MAX_FILE_BYTES = 8, 16 * 2**20  # what the GPU machine sends back fro
 def launch(out, *args):
     env = {k: v for k, v in os.environ.items() if k != "OUT"}
     env.update(PYTHON=sys.executable, OMP_NUM_THREADS="1")
-    return subprocess.Popen(["bash", str(ROOT / "scripts" / "gpu_check.sh"), "--dry-run", "--out", str(out), *args],
+    # --no-build: a stage stopped mid-build must never leave the shared checkout half-built.
+    return subprocess.Popen(["bash", str(ROOT / "scripts" / "gpu_check.sh"), "--dry-run", "--no-build", "--out", str(out), *args],
                             cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
@@ -256,7 +257,7 @@ def test_gpu_verify_reads_its_parts_with_stand_in_commands(monkeypatch, tmp_path
                                                   '"alif_cuda_built": true, "cuda_kernels": true, "torch": "2.11.0"}\')')
     monkeypatch.setattr(gpu_check, "find_sanitizer", lambda: "compute-sanitizer")
     monkeypatch.delenv("OUT", raising=False)
-    assert gpu_check.main(["--out", str(tmp_path), "verify"]) == 1
+    assert gpu_check.main(["--out", str(tmp_path), "verify"]) == 1  # its build is a stand-in too
     results = json.loads((tmp_path / "verify" / "results.json").read_text())
     status = {p["name"]: p["status"] for p in results["parts"]}
     assert status == {"env": "passed", "wheels": "passed", "build": "passed", "kernel_report": "passed", "tests": "failed",
