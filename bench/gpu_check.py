@@ -47,7 +47,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 PY = sys.executable
 DEFAULT_BUDGET_S = {"verify": 420, "train": 540}
-DRY_BUDGET_S = {"verify": 150, "train": 120}
+DRY_BUDGET_S = {"verify": 240, "train": 180}
 FINAL_RESERVE_S = 4.0  # writing summary.md, results.json and junit.xml after the last part
 STOP_GRACE_S = 8.0  # SIGINT lets pytest write its junit file and training end its epoch log
 MAX_OUT_FILES = 8
@@ -227,10 +227,13 @@ class Check:
     def display(self, argv):
         """argv as a shell line without this machine's paths: python, <work>/..., <out>/..."""
         line = " ".join("<environment probe>" if a == ENV_SNIPPET else shlex.quote(str(a)) for a in argv)
+        return self.display_text(line)
+
+    def display_text(self, text):
         for path, name in ((self.work, "<work>"), (self.out, "<out>"), (PY, "python"), (f"{ROOT}/", "")):
             if path is not None:
-                line = line.replace(str(path), name)
-        return line
+                text = text.replace(str(path), name)
+        return text
 
     # -- output -----------------------------------------------------------------------------
     def set_out(self, device_tag):
@@ -266,7 +269,7 @@ class Check:
         (self.out / "results.json").write_text(json.dumps(results, indent=1, default=str) + "\n")
         (self.out / "summary.md").write_text(summary_markdown(self, results))
         write_junit(self, self.out / "junit.xml")
-        write_log(self.log_chunks, self.out / "log.txt")
+        write_log([(n, a, rc, t, self.display_text(out)) for n, a, rc, t, out in self.log_chunks], self.out / "log.txt")
         files = [p for p in self.out.rglob("*") if p.is_file()]
         text = (self.out / "summary.md").read_text()
         print(f"\n{text}")
