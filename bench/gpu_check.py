@@ -63,7 +63,7 @@ SANITIZER_SELECTION = [
     "(test_alif_matches_reference and 33-cuda and (float32 or bfloat16) and (scalar-rect-hard-attached or chan-atan-soft-detach))"
     " or (test_alif_static_input_matches_reference and 33-cuda-float32 and (scalar-rect-hard-attached or chan-atan-soft-detach))"
     " or (test_alif_awkward_shapes and cuda-bfloat16)"
-    " or ((test_taid_plane_sizes or test_taid_non_contiguous_inputs) and cuda-float32)",
+    " or ((test_taid_plane_sizes or test_taid_non_contiguous_inputs or test_taid_misaligned_input) and cuda-float32)",
 ]
 PYTEST = ["{py}", "-m", "pytest", "-q", "-p", "no:cacheprovider", "--junitxml={junit}"]
 COMMANDS = {
