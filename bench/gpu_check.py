@@ -10,7 +10,10 @@ Stages (run from the repository root):
           MNIST training step at B=128) against SpikingJelly 2.0.0 and the compiled reference.
   train   (default budget 540 s) the Table 8 MNIST recipe to its final epoch inside the budget:
           a one-epoch probe on a subset times an epoch, then the run with as many epochs as fit.
-  sweep   the full benchmark sweep: not built yet (issue 19 leaves it for another time).
+  sweep   (default budget 540 s) the wider benchmarks for a later session: alif at T in {4, 8, 16, 32}
+          and N = 2^16..2^24 in fp32 (bf16 at 2^16, 2^20, 2^24), every mode (static input, inference,
+          the small-N host-overhead regime), MNIST and CIFAR-10 training steps at B=128 and 512,
+          and the FSVAE+TAID step against the reference ops. Not rehearsed in CI.
 
 Every part runs as a subprocess through its script's command line (the COMMANDS table below is
 the one place to change a flag) under a deadline: a part that would overrun is interrupted
@@ -46,8 +49,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 PY = sys.executable
-DEFAULT_BUDGET_S = {"verify": 420, "train": 540}
-DRY_BUDGET_S = {"verify": 240, "train": 180}
+DEFAULT_BUDGET_S = {"verify": 420, "train": 540, "sweep": 540}
+DRY_BUDGET_S = {"verify": 240, "train": 180, "sweep": 240}
 FINAL_RESERVE_S = 4.0  # writing summary.md, results.json and junit.xml after the last part
 STOP_GRACE_S = 8.0  # SIGINT lets pytest write its junit file and training end its epoch log
 MAX_OUT_FILES = 8
@@ -86,6 +89,15 @@ COMMANDS = {
                        "--no-save"],
         "bench_train": ["{py}", "bench/bench_train.py", "--device", "cuda", "--nets", "mnist", "--batches", "128",
                         "--precisions", "fp32", "bf16", "--providers", "alif_cuda", "spikingjelly", "--no-save"],
+        "sweep_alif_fp32": ["{py}", "bench/bench_alif.py", "--device", "cuda", "--T", "4", "8", "16", "32", "--N", "16", "18", "20",
+                            "22", "24", "--dtypes", "float32", "--providers", "alif_cuda", "reference+compile", "spikingjelly",
+                            "--no-save"],
+        "sweep_alif_bf16": ["{py}", "bench/bench_alif.py", "--device", "cuda", "--T", "4", "8", "16", "32", "--N", "16", "20", "24",
+                            "--dtypes", "bfloat16", "--providers", "alif_cuda", "spikingjelly", "--no-save"],
+        "sweep_train": ["{py}", "bench/bench_train.py", "--device", "cuda", "--nets", "mnist", "cifar10", "--batches", "128", "512",
+                        "--precisions", "fp32", "bf16", "--providers", "alif_cuda", "reference", "spikingjelly", "--no-save"],
+        "sweep_fsvae": ["{py}", "bench/bench_fsvae.py", "--device", "cuda", "--dataset", "mnist", "--batch", "250", "--T", "16",
+                        "--no-save"],
         # RECIPE: the Table 8 MNIST run of the train stage (helper A, 2026-12-01: fp32, batch 128, lr 1e-3, cosine over
         # the whole run, the default PLIF neuron init; untested on a GPU yet).
         "train": ["{py}", "-m", "models.train_classifier", "--dataset", "mnist", "--data-dir", "data", "--out", "{run_dir}",
@@ -105,6 +117,12 @@ COMMANDS = {
                        "--reps", "2", "--no-compile", "--no-save"],
         "bench_train": ["{py}", "bench/bench_train.py", "--device", "cpu", "--nets", "mnist", "--batches", "2",
                         "--precisions", "fp32", "--providers", "alif_cuda", "--reps", "1", "--no-save"],
+        "sweep_alif_fp32": ["{py}", "bench/bench_alif.py", "--device", "cpu", "--T", "2", "3", "--N", "8", "10", "--dtypes",
+                            "float32", "--providers", "alif_cuda", "reference", "--reps", "2", "--no-save"],
+        "sweep_train": ["{py}", "bench/bench_train.py", "--device", "cpu", "--nets", "mnist", "cifar10", "--batches", "2",
+                        "--precisions", "fp32", "--providers", "alif_cuda", "reference", "--reps", "1", "--no-save"],
+        "sweep_fsvae": ["{py}", "bench/bench_fsvae.py", "--device", "cpu", "--dataset", "mnist", "--batch", "2", "--T", "2",
+                        "--reps", "1", "--no-save"],
         "train": ["{py}", "-m", "models.train_classifier", "--dataset", "mnist", "--data-dir", "data", "--out", "{run_dir}",
                   "--epochs", "{epochs}", "--T", "2", "--batch-size", "16", "--subset", "32", "--test-subset", "16",
                   "--device", "cpu", "--workers", "0", "--progress", "none"],
@@ -117,7 +135,8 @@ SANITIZER_ENV = {"PYTORCH_NO_CUDA_MEMORY_CACHING": "1"}  # one allocation per te
 # A skipped CUDA case whose reason says the GPU or CUDA kernels are missing (tests/conftest.py).
 GPU_SKIP = re.compile(r"no CUDA device|without CUDA kernels|needs a GPU|no GPU", re.I)
 # The sizes the headline targets read, per mode: (alif T, alif N as 2^k, taid plane, train batch).
-HEADLINE = {"gpu": dict(T="8", N="2^24", plane="3x64x64", batch="128"), "dry": dict(T="2", N="2^10", plane="3x64x64", batch="2")}
+HEADLINE = {"gpu": dict(T="8", N="2^24", plane="3x64x64", batch="128", small_N="2^16", big_batch="512"),
+            "dry": dict(T="2", N="2^10", plane="3x64x64", batch="2", small_N="2^8", big_batch="2")}
 PROBE_EPOCHS = 2  # the probe's epochs on a subset; the last one is timed
 MAX_EPOCHS = {"gpu": 200, "dry": 2}  # the train stage's epochs when the probe says more would fit
 
@@ -128,6 +147,8 @@ PARTS = {
                ("memcheck", 90, 30), ("racecheck", 90, 30), ("bench_alif_fp32", 120, 40), ("bench_alif_bf16", 90, 30),
                ("bench_taid", 90, 30), ("bench_train", 90, 25)],
     "train": [("env", 60, 10), ("build", 300, 60), ("train_probe", 120, 30), ("train", 100000, 60), ("train_finish", 60, 15)],
+    "sweep": [("env", 60, 10), ("build", 300, 60), ("sweep_alif_fp32", 240, 90), ("sweep_alif_bf16", 180, 60),
+              ("sweep_train", 180, 60), ("sweep_fsvae", 90, 30)],
 }
 
 
@@ -543,17 +564,69 @@ def stage_verify(c):
         if part["status"] == "passed" and count:
             c.amend(part, "failed", part["note"])
 
-    for name in ("bench_alif_fp32", "bench_alif_bf16", "bench_taid", "bench_train"):
-        if name not in COMMANDS[cmds]:
+    run_benchmarks(c, ("bench_alif_fp32", "bench_alif_bf16", "bench_taid", "bench_train"))
+    verify_targets(c)
+
+
+def run_benchmarks(c, names):
+    """Each benchmark script as a part; its results are the last table it prints."""
+    for name in names:
+        if name not in COMMANDS[c.mode]:
             c.skip(name, "not part of the dry run (the CPU kernels run float32 only)")
             continue
-        part = c.run(name, c.fmt(COMMANDS[cmds][name]))
+        part = c.run(name, c.fmt(COMMANDS[c.mode][name]))
         rows = parse_last_table(part["output"])
         c.data[name] = dict(copy_gbps=parse_copy_gbps(part["output"]), rows=rows,
                             table=last_table_text(part["output"]))
         if part["status"] == "passed" and not rows:
             c.amend(part, "failed", "finished but printed no results table")
-    verify_targets(c)
+
+
+# ---------------------------------------------------------------------------------------------
+# sweep
+def stage_sweep(c):
+    if not part_env(c):
+        return
+    if part_build(c, always=False)["status"] == "failed":
+        return
+    run_benchmarks(c, ("sweep_alif_fp32", "sweep_alif_bf16", "sweep_train", "sweep_fsvae"))
+    sweep_targets(c)
+
+
+def sweep_targets(c):
+    h = HEADLINE[c.mode]
+    rows = c.data.get("sweep_alif_fp32", {}).get("rows", [])
+    fb = "forward+backward"
+    ours = [r for r in rows if r.get("provider") == "alif_cuda" and r.get("mode") == fb]
+    for T in sorted({r["T"] for r in ours}, key=int):
+        at_T = [r for r in ours if r["T"] == T]
+        widest = max(at_T, key=lambda r: int(r["N"].split("^")[-1]))
+        pct = number(widest.get("of copy"))
+        target(c, f"alif_bw_T{T}", f"alif fp32 forward+backward T={T} N={widest['N']}: share of copy bandwidth", pct,
+               ">= 90%", pct >= 90 if pct is not None else None, "sweep_alif_fp32")
+    small = find_row(rows, provider="alif_cuda", T=h["T"], N=h["small_N"], mode=fb)
+    ms = number(small.get("ms")) if small else None
+    target(c, "alif_small_N_ms", f"alif fp32 forward+backward T={h['T']} N={h['small_N']}: one call (median time)", ms,
+           "<= 0.10 ms", ms <= 0.10 if ms is not None else None, "sweep_alif_fp32")
+    bf16 = c.data.get("sweep_alif_bf16", {}).get("rows", [])
+    if bf16:
+        r = ratio(number((find_row(bf16, provider="spikingjelly", T=h["T"], N=h["N"], mode=fb) or {}).get("ms")),
+                  number((find_row(bf16, provider="alif_cuda", T=h["T"], N=h["N"], mode=fb) or {}).get("ms")))
+        target(c, "alif_bf16_vs_sj", f"alif bf16 forward+backward T={h['T']} N={h['N']} against SpikingJelly", r and round(r, 2),
+               ">= 1.8x", r >= 1.8 if r is not None else None, "sweep_alif_bf16")
+    train = c.data.get("sweep_train", {}).get("rows", [])
+    for net, batch, precision, need in (("cifar10", h["batch"], "fp32", 1.8), ("mnist", h["big_batch"], "fp32", 2.0),
+                                        ("mnist", h["big_batch"], "bf16", 2.5)):
+        ours = find_row(train, net=net, batch=batch, precision=precision, provider="alif_cuda")
+        sj = find_row(train, net=net, batch=batch, precision=precision, provider="spikingjelly")
+        r = ratio(number(ours.get("images/s")) if ours else None, number(sj.get("images/s")) if sj else None)
+        target(c, f"train_{net}_{batch}_{precision}_vs_sj", f"Table 8 {net} training step B={batch} {precision}: images/s "
+               "against SpikingJelly", r and round(r, 2), f">= {need}x", r >= need if r is not None else None, "sweep_train")
+    fsvae = c.data.get("sweep_fsvae", {}).get("rows", [])
+    r = ratio(number((find_row(fsvae, FSVAE="reference") or {}).get("ms/step")),
+              number((find_row(fsvae, FSVAE="alif_cuda") or {}).get("ms/step")))
+    target(c, "fsvae_vs_reference", "FSVAE+TAID training step against the same model on the reference ops", r and round(r, 2),
+           ">= 3x", r >= 3 if r is not None else None, "sweep_fsvae")
 
 
 def last_table_text(text):
@@ -783,7 +856,8 @@ def summary_markdown(c, results):
     tests = c.data.get("tests")
     if tests and tests["failed"]:
         lines += ["", "## Failed tests"] + [f"- `{f}`" for f in tests["failed"]]
-    for name in ("bench_alif_fp32", "bench_alif_bf16", "bench_taid", "bench_train"):
+    for name in ("bench_alif_fp32", "bench_alif_bf16", "bench_taid", "bench_train", "sweep_alif_fp32", "sweep_alif_bf16",
+                 "sweep_train", "sweep_fsvae"):
         d = c.data.get(name)
         if d and d.get("table"):
             lines += ["", f"## {name} (copy bandwidth {fmt_value(d['copy_gbps'])} GB/s in the same run)", d["table"]]
@@ -849,10 +923,6 @@ def main(argv=None):
                         help="fail instead of building when alif_cuda is not built yet (tests: never rebuild a shared checkout)")
     args = parser.parse_args(argv)
     args.argv = argv
-    if args.stage == "sweep":
-        parser.exit(2, "gpu_check: the sweep stage (T in {4, 8, 16, 32}, N = 2^16..2^24, static input, inference, "
-                       "host overhead, CIFAR-10 and FSVAE steps) is not built yet; issue 19 leaves it for another time. "
-                       "Run bench/bench_alif.py, bench_taid.py and bench_train.py with their own sweeps meanwhile.\n")
     if args.budget_s is not None and args.budget_s <= 0:
         parser.error(f"--budget-s must be > 0, got {args.budget_s}")
     if args.train_epochs is not None and args.train_epochs < 1:
@@ -860,7 +930,7 @@ def main(argv=None):
     c = Check(args.stage, args)
     print(f"gpu_check {args.stage}{' (dry run)' if c.dry else ''}: budget {c.budget:.0f} s", flush=True)
     try:
-        {"verify": stage_verify, "train": stage_train}[args.stage](c)
+        {"verify": stage_verify, "train": stage_train, "sweep": stage_sweep}[args.stage](c)
     except KeyboardInterrupt:
         c.record("interrupted", "failed", "gpu_check itself was interrupted")
     env_failed = c.parts and c.parts[0]["name"] == "env" and c.parts[0]["status"] == "failed"

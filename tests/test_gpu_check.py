@@ -1,6 +1,6 @@
-"""scripts/gpu_check.sh rehearsed on the CPU: both stages' dry runs, a stage stopped by its budget
-with partial results written, and the parsers that read the parts' output (the driver's and
-bench/kernel_report.py's)."""
+"""scripts/gpu_check.sh rehearsed on the CPU: the verify and train stages' dry runs, a stage stopped
+by its budget with partial results written, the GPU branches of verify and sweep with stand-in
+commands, and the parsers that read the parts' output (the driver's and bench/kernel_report.py's)."""
 import json
 import os
 import subprocess
@@ -135,9 +135,41 @@ def test_dry_run_verify_runs_every_part_and_writes_its_files(dry_verify):
     assert "alif fp32 forward+backward T=2 N=2^10" in summary
 
 
-def test_sweep_is_refused_with_a_reason(tmp_path):
-    rc, output, _ = finish(launch(tmp_path, "sweep"))
-    assert rc == 2 and "for another time" in output
+def test_gpu_sweep_reads_its_benchmarks_with_stand_in_commands(monkeypatch, tmp_path):
+    """The sweep stage's GPU branch with stand-in benchmarks: one target per T at its widest N,
+    the small-N call time, CIFAR-10 against SpikingJelly, and the FSVAE step against the reference."""
+    def echo(header, *rows):
+        text = "\n".join(["copy bandwidth 4300 GB/s", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+                         + ["| " + " | ".join(r) + " |" for r in rows])
+        return ["{py}", "-c", f"print({text!r})"]
+
+    alif = ["provider", "dtype", "T", "N", "mode", "ms", "GB/s", "of copy", "peak MB"]
+    fb = "forward+backward"
+    stand_ins = {
+        "sweep_alif_fp32": echo(alif, ["alif_cuda", "float32", "4", "2^16", fb, "0.020", "900", "21%", "1"],
+                                ["alif_cuda", "float32", "4", "2^24", fb, "0.700", "4000", "93%", "100"],
+                                ["alif_cuda", "float32", "8", "2^16", fb, "0.150", "900", "21%", "1"],
+                                ["alif_cuda", "float32", "8", "2^24", fb, "1.400", "3700", "86%", "200"]),
+        "sweep_alif_bf16": echo(alif, ["alif_cuda", "bfloat16", "8", "2^24", fb, "0.500", "3500", "81%", "50"],
+                                ["spikingjelly", "bfloat16", "8", "2^24", fb, "1.000", "2300", "53%", "200"]),
+        "sweep_train": echo(["net", "batch", "precision", "provider", "ms/step", "images/s", "peak MB"],
+                            ["cifar10", "128", "fp32", "alif_cuda", "20", "6400", "900"],
+                            ["cifar10", "128", "fp32", "spikingjelly", "30", "4267", "1500"]),
+        "sweep_fsvae": echo(["FSVAE+taid, mnist, batch 250, T=16", "ms/step", "images/s", "peak MB", "speedup"],
+                            ["alif_cuda", "10.00", "25000", "300", "3.50x"], ["reference", "35.00", "7143", "900", "1.00x"]),
+    }
+    monkeypatch.setitem(gpu_check.COMMANDS, "gpu", stand_ins)
+    monkeypatch.setattr(gpu_check, "ENV_SNIPPET", 'print(\'ENV {"cuda_available": true, "device": "NVIDIA H200", '
+                                                  '"alif_cuda_built": true, "cuda_kernels": true, "torch": "2.11.0"}\')')
+    monkeypatch.delenv("OUT", raising=False)
+    assert gpu_check.main(["--out", str(tmp_path), "sweep"]) == 0
+    results = json.loads((tmp_path / "sweep" / "results.json").read_text())
+    assert [p["status"] for p in results["parts"]] == ["passed", "skipped", "passed", "passed", "passed", "passed"]
+    met = {t["id"]: (t["value"], t["met"]) for t in results["targets"]}
+    assert met["alif_bw_T4"] == (93.0, True) and met["alif_bw_T8"] == (86.0, False)
+    assert met["alif_small_N_ms"] == (0.15, False) and met["alif_bf16_vs_sj"] == (2.0, True)
+    assert met["train_cifar10_128_fp32_vs_sj"] == (1.5, False) and met["train_mnist_512_fp32_vs_sj"] == (None, None)
+    assert met["fsvae_vs_reference"] == (3.5, True)
 
 
 # -- the parsers ---------------------------------------------------------------------------------
