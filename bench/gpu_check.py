@@ -9,11 +9,11 @@ Stages (run from the repository root):
           then the headline benchmarks (alif fp32/bf16 T=8 N=2^24, TAID T=16 B=250, one Table 8
           MNIST training step at B=128) against SpikingJelly 2.0.0 and the compiled reference.
   train   (default budget 540 s) the Table 8 MNIST recipe to its final epoch inside the budget:
-          a one-epoch probe on a subset times an epoch, then the run with as many epochs as fit.
+          a two-epoch probe on a subset times an epoch, then the run with as many epochs as fit.
   sweep   (default budget 540 s) the wider benchmarks for a later session: alif at T in {4, 8, 16, 32}
           and N = 2^16..2^24 in fp32 (bf16 at 2^16, 2^20, 2^24), every mode (static input, inference,
           the small-N host-overhead regime), MNIST and CIFAR-10 training steps at B=128 and 512,
-          and the FSVAE+TAID step against the reference ops. Not rehearsed in CI.
+          and the FSVAE+TAID step against the reference ops. Its dry run works but is not in CI.
 
 Every part runs as a subprocess through its script's command line (the COMMANDS table below is
 the one place to change a flag) under a deadline: a part that would overrun is interrupted
@@ -644,7 +644,7 @@ def find_row(rows, **want):
     for row in rows:
         ok = True
         for key, value in want.items():
-            col = next((k for k in row if k == key or k.startswith(key)), None)
+            col = key if key in row else next((k for k in row if k.startswith(key)), None)
             if col is None or row[col] != value:
                 ok = False
                 break
