@@ -314,10 +314,12 @@ def default_sigint():
 def stop(proc):
     """Interrupts a part's whole process group: SIGINT (pytest writes its junit file, training
     stops between steps), then SIGTERM, then SIGKILL. Returns the exit status."""
-    for sig, wait in ((signal.SIGINT, STOP_GRACE_S * 0.7), (signal.SIGTERM, STOP_GRACE_S * 0.3), (signal.SIGKILL, 5)):
+    for sig, wait in ((signal.SIGINT, STOP_GRACE_S * 0.6), (signal.SIGTERM, STOP_GRACE_S * 0.25),
+                      (signal.SIGKILL, STOP_GRACE_S * 0.15)):
         try:
             os.killpg(proc.pid, sig)
         except ProcessLookupError:
+            rc = proc.wait()
             break
         try:
             rc = proc.wait(timeout=wait)
