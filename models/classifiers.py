@@ -16,14 +16,15 @@ from alif_cuda import ALIF
 from alif_cuda.layers import TemporalDropout, TimeDistributed, VotingLayer, repeat_over_time
 
 
-# The neuron's operating point. "plif" (the default) is the neuron the paper's classifier code runs:
-# PLIF's charge v += (x - v) / 2 with threshold 1 and ATan (alpha 2). Our op charges
-# h = tau u + x, so that neuron is exactly tau 0.5, v_th 2, ATan alpha 1 here (h = 2 v: the spikes and the surrogate
-# gradients agree up to float rounding). "paper" is the paper's text (Table 7's
-# best init): tau 0.25, v_th 0.2, rect width 1. At Adam lr 1e-3 the paper's threshold is ~10x too
-# small for the drive one update moves (thousands of coincident spikes times a 1e-3 weight step):
-# the output layer is pushed far below threshold and out of the rect window within two steps and
-# the network stays silent at the loss of a constant output, 0.1 (see results/mnist_cpu_learning).
+# The neuron's operating point. "plif" (the default) is the neuron the paper's classifier code
+# runs: PLIF's charge v += (x - v) / 2 with threshold 1 and ATan (alpha 2). Our op charges
+# h = tau u + x, so that neuron is exactly tau 0.5, v_th 2, ATan alpha 1 here (h = 2 v: the spikes
+# and the surrogate gradients agree up to float rounding). "paper" is the paper's text (Table 7's
+# best init): tau 0.25, v_th 0.2, rect width 1. At Adam lr 1e-3 that threshold is ~10x too small
+# for the drive one update moves: its hidden layers fire ~45%, so each output neuron sums ~900
+# active inputs and a 1e-3 step on every weight shifts its drive by ~1, five thresholds; within
+# two steps 95% of the output neuron-steps are outside the rect window (no gradient) and the
+# network stays silent at the loss of a constant output, 0.1 (results/mnist_cpu_learning).
 NEURON_PRESETS: Dict[str, Dict] = {
     "plif": dict(tau=0.5, v_th=2.0, surrogate="atan", width=1.0, alpha=1.0),
     "paper": dict(tau=0.25, v_th=0.2, surrogate="rect", width=1.0, alpha=2.0),
