@@ -149,7 +149,7 @@ def test_budgets_and_model_defaults():
 
 
 def test_fsvae_learns_on_real_mnist(tmp_path):
-    """80 steps at batch 32, T=4, on the shipped MNIST (about 40 s on two idle CPU cores): the
+    """80 steps at batch 32, T=4, on the shipped MNIST (100 s of training on a shared 2-core machine): the
     reconstruction error falls clearly below that of the training set's mean image, the eval-mode
     posterior and prior spike, and the prior's samples are not all one image."""
     run = tmp_path / "learn"
