@@ -48,11 +48,8 @@ echo "train.sh: training on the $device: python -m models.train_classifier --dat
 start=$(date +%s)
 .venv/bin/python -m models.train_classifier --dataset mnist --data-dir data "${recipe[@]}" \
   --out "$out" "$@"
-echo "train.sh: set-up ${setup_s} s, training $(( $(date +%s) - start )) s. Run directory $out:"
+files=()
 for name in metrics.jsonl summary.json curves.png; do
-  if [ -e "$out/$name" ]; then
-    echo "  $out/$name"
-  else
-    echo "  $out/$name (missing)"
-  fi
+  if [ -e "$out/$name" ]; then files+=("$name"); else files+=("$name (missing)"); fi
 done
+echo "train.sh: set-up ${setup_s} s, training $(( $(date +%s) - start )) s; in $out: ${files[*]}"
