@@ -8,8 +8,10 @@ exactly the op, nothing around it:
   forward           y = fn(s, w) under torch.no_grad();
   forward+backward  y = fn(s, w), then torch.autograd.grad(y, (s, w), grad_outputs=g) with a
                     fixed random g made beforehand (no loss, no multiply, no sum).
-Each provider runs on its own leaf copies of s and w. For each provider and mode it prints the
-median time (CUDA events after warm-up on a GPU, perf_counter on the CPU), the bandwidth over the
+Each provider runs on its own leaf copies of s and w. The providers of a mode are timed in turns
+(one run of each, then the next round), so load from other processes on a shared machine falls
+on all of them alike. For each provider and mode it prints the median time (CUDA events after
+warm-up on a GPU, perf_counter on the CPU), the bandwidth over the
 bytes the op must move (forward: read s, write y; backward: read s and grad_y, write grad_s), that
 bandwidth as a share of this device's copy bandwidth measured in the same run, and the peak
 memory beyond the inputs (GPU only). Every size first checks that the providers agree. Results
@@ -17,13 +19,15 @@ go to bench/results/taid_<device>.json and .md (taid_<dtype>_<device>.* for a dt
 float32).
 """
 import argparse
+import statistics
 import sys
+import time
 
 import torch
 
 import alif_cuda
 from alif_cuda import taid, taid_ref
-from common import copy_gbps, device_name, markdown_table, peak_extra_mb, time_ms, write_results
+from common import copy_gbps, device_name, markdown_table, peak_extra_mb, sync, write_results
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 PLANES = [(1, 32), (3, 32), (1, 64), (3, 64)]  # (C, H = W)
@@ -31,6 +35,29 @@ PLANES = [(1, 32), (3, 32), (1, 64), (3, 64)]  # (C, H = W)
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
     """The docstring as written, and every option's default."""
+
+
+def time_in_turns(runs, device, reps, warmup=3):
+    """{name: median ms} of each zero-argument callable in `runs`, timed round by round."""
+    for run in runs.values():
+        for _ in range(warmup):
+            run()
+    sync(device)
+    times = {name: [] for name in runs}
+    for _ in range(reps):
+        for name, run in runs.items():
+            if device.type == "cuda":
+                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                start.record()
+                run()
+                end.record()
+                end.synchronize()
+                times[name].append(start.elapsed_time(end))
+            else:
+                t0 = time.perf_counter()
+                run()
+                times[name].append((time.perf_counter() - t0) * 1e3)
+    return {name: statistics.median(ts) for name, ts in times.items()}
 
 
 def providers(compile_ref: bool):
@@ -80,19 +107,22 @@ def main():
         mode_bytes = {"forward": s_bytes + y_bytes, "forward+backward": 2 * s_bytes + y_bytes + s_bytes + y_bytes}
         with torch.no_grad():
             torch.testing.assert_close(taid(s, w), taid_ref(s, w), rtol=2e-2, atol=2e-2)
+        runs = {mode: {} for mode in mode_bytes}
         for name, fn in providers(not args.no_compile).items():
             s_p, w_p = s.detach().clone().requires_grad_(), w.detach().clone().requires_grad_()
-            for mode, nbytes in mode_bytes.items():
-                if mode == "forward":
-                    def run(fn=fn, s_p=s_p, w_p=w_p):
-                        with torch.no_grad():
-                            fn(s_p, w_p)
-                else:
-                    def run(fn=fn, s_p=s_p, w_p=w_p):
-                        torch.autograd.grad(fn(s_p, w_p), (s_p, w_p), grad_outputs=g)
-                ms = time_ms(run, device, reps=args.reps)
+
+            def forward(fn=fn, s_p=s_p, w_p=w_p):
+                with torch.no_grad():
+                    fn(s_p, w_p)
+
+            def forward_backward(fn=fn, s_p=s_p, w_p=w_p):
+                torch.autograd.grad(fn(s_p, w_p), (s_p, w_p), grad_outputs=g)
+
+            runs["forward"][name], runs["forward+backward"][name] = forward, forward_backward
+        for mode, nbytes in mode_bytes.items():
+            for name, ms in time_in_turns(runs[mode], device, args.reps).items():
                 gbps = nbytes / (ms * 1e-3) / 1e9
-                peak = peak_extra_mb(run, device)
+                peak = peak_extra_mb(runs[mode][name], device)
                 rec = dict(
                     provider=name, T=args.T, B=args.batch, C=C, H=H, W=H, dtype=args.dtype, mode=mode,
                     ms=round(ms, 4), gbps=round(gbps, 1), pct_of_copy=round(100 * gbps / copy, 1),

@@ -32,6 +32,7 @@
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
+#include <strings.h>
 #include <initializer_list>
 #include <map>
 #include <mutex>
@@ -67,12 +68,13 @@ bool env_flag(const char* name) {
   const char* v = std::getenv(name);
   if (v == nullptr) return false;
   for (const char* on : {"1", "true", "yes", "on"}) {
-    if (std::strcmp(v, on) == 0) return true;
+    if (strcasecmp(v, on) == 0) return true;
   }
   return false;
 }
 
-// Read once per process: the previous kernels, kept as a fallback and for comparison.
+// Read once per process (1, true, yes or on, in any case, as for the alif ops): the previous
+// kernels, kept as a fallback and for comparison.
 bool use_legacy_kernels() {
   static const bool legacy = env_flag("ALIF_CUDA_LEGACY_KERNELS");
   return legacy;
@@ -100,6 +102,7 @@ __device__ __forceinline__ void load_lanes(const scalar_t* p, acc_t (&out)[L]) {
   }
 }
 
+// The same for a store to global memory.
 template <int L, typename scalar_t, typename acc_t>
 __device__ __forceinline__ void store_lanes(scalar_t* p, const acc_t (&in)[L]) {
   if constexpr (L == 1) {
@@ -110,7 +113,10 @@ __device__ __forceinline__ void store_lanes(scalar_t* p, const acc_t (&in)[L]) {
     for (int k = 0; k < L; ++k) v[k] = scalar_t(in[k]);
     uint4 raw;
     memcpy(&raw, v, kAccessBytes);
-    *reinterpret_cast<uint4*>(p) = raw;
+    // Spelled out: left to itself the compiler splits some of these into two 8-byte stores.
+    asm volatile("st.global.v4.b32 [%0], {%1, %2, %3, %4};\n" ::"l"(p), "r"(raw.x), "r"(raw.y),
+                 "r"(raw.z), "r"(raw.w)
+                 : "memory");
   }
 }
 
