@@ -1,7 +1,9 @@
 """TAID decoding: the fused taid op against the PyTorch reference, eager and under torch.compile.
 
     python bench/bench_taid.py [--device cuda|cpu] [--dtype float32|bfloat16|float16]
-                               [--T 16] [--batch 250] [--reps 20] [--no-compile] [--no-save]
+                               [--T 16] [--batch 250] [--planes 1x32,3x32,1x64,3x64] [--reps 20]
+                               [--providers alif_cuda reference reference+compile]
+                               [--no-compile] [--no-save]
 
 Sizes are FSVAE's (T=16, batch 250, C in {1, 3}, 32x32 and 64x64 planes). What is timed is
 exactly the op, nothing around it:
@@ -60,11 +62,13 @@ def time_in_turns(runs, device, reps, warmup=3):
     return {name: statistics.median(ts) for name, ts in times.items()}
 
 
-def providers(compile_ref: bool):
-    out = {"alif_cuda": taid, "reference": taid_ref}
-    if compile_ref:
-        out["reference+compile"] = torch.compile(taid_ref)
-    return out
+PROVIDERS = ("alif_cuda", "reference", "reference+compile")
+
+
+def providers(names):
+    make = {"alif_cuda": lambda: taid, "reference": lambda: taid_ref,
+            "reference+compile": lambda: torch.compile(taid_ref)}
+    return {name: make[name]() for name in names}
 
 
 def main():
@@ -77,6 +81,8 @@ def main():
     parser.add_argument("--planes", default=",".join(f"{c}x{h}" for c, h in PLANES),
                         help="comma-separated CxH sizes (planes H x H, C channels)")
     parser.add_argument("--reps", type=int, default=20, help="timed runs per provider and mode (the median is kept)")
+    parser.add_argument("--providers", nargs="+", choices=PROVIDERS, default=list(PROVIDERS),
+                        help="what to time (reference is the eager loop, slow on a CPU)")
     parser.add_argument("--no-compile", action="store_true", help="skip the reference+compile provider")
     parser.add_argument("--no-save", action="store_true", help="print only; write nothing to bench/results")
     args = parser.parse_args()
@@ -93,6 +99,8 @@ def main():
         parser.error("--device cuda needs a visible GPU and a CUDA build of alif_cuda")
     dtype = DTYPES[args.dtype]
 
+    names = [p for p in args.providers if not (args.no_compile and p == "reference+compile")]
+    fns = providers(names)
     copy = copy_gbps(device)
     print(f"taid on {device_name(device)}, torch {torch.__version__}, {args.dtype}; "
           f"copy bandwidth {copy:.0f} GB/s (read + write)\n")
@@ -108,7 +116,7 @@ def main():
         with torch.no_grad():
             torch.testing.assert_close(taid(s, w), taid_ref(s, w), rtol=2e-2, atol=2e-2)
         runs = {mode: {} for mode in mode_bytes}
-        for name, fn in providers(not args.no_compile).items():
+        for name, fn in fns.items():
             s_p, w_p = s.detach().clone().requires_grad_(), w.detach().clone().requires_grad_()
 
             def forward(fn=fn, s_p=s_p, w_p=w_p):

@@ -15,23 +15,33 @@
 namespace alif_cuda {
 namespace {
 
-#pragma GCC push_options
 namespace isa_default {
 #include "taid_cpu_kernels.h"
 }  // namespace isa_default
-// No FMA: a * b + c rounds twice, as in the CUDA build (--fmad=false) and the baseline code.
+
+// GCC on x86-64 also builds an AVX2 copy (no FMA: a * b + c rounds twice, as in the baseline
+// code and the CUDA build, --fmad=false). Other compilers and CPUs run the baseline copy.
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
+#define TAID_CPU_AVX2 1
+#pragma GCC push_options
 #pragma GCC target("avx2")
 namespace isa_avx2 {
 #include "taid_cpu_kernels.h"
 }  // namespace isa_avx2
 #pragma GCC pop_options
+#else
+#define TAID_CPU_AVX2 0
+namespace isa_avx2 = isa_default;
+#endif
 
-enum class Isa { kDefault, kAvx2 };
-
-// The widest instruction set this CPU runs, looked up once.
-Isa cpu_isa() {
-  static const Isa isa = __builtin_cpu_supports("avx2") ? Isa::kAvx2 : Isa::kDefault;
-  return isa;
+// Whether this CPU runs the AVX2 copy, looked up once.
+bool use_avx2() {
+#if TAID_CPU_AVX2
+  static const bool avx2 = __builtin_cpu_supports("avx2");
+  return avx2;
+#else
+  return false;
+#endif
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> taid_fwd_cpu(const at::Tensor& s,
@@ -43,8 +53,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> taid_fwd_cpu(const at::Tensor& s,
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, s.scalar_type(), "taid_fwd_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     const at::Tensor wc = w.to(c10::CppTypeToScalarType<acc_t>::value).contiguous();
-    auto* kernel = cpu_isa() == Isa::kAvx2 ? isa_avx2::taid_fwd_cpu_kernel<scalar_t>
-                                           : isa_default::taid_fwd_cpu_kernel<scalar_t>;
+    auto* kernel = use_avx2() ? isa_avx2::taid_fwd_cpu_kernel<scalar_t>
+                              : isa_default::taid_fwd_cpu_kernel<scalar_t>;
     kernel(p, sc.const_data_ptr<scalar_t>(), wc.const_data_ptr<acc_t>(),
            out.y.mutable_data_ptr<scalar_t>(), out.attn.mutable_data_ptr<acc_t>(),
            out.squeezed.mutable_data_ptr<acc_t>());
@@ -60,7 +70,7 @@ std::tuple<at::Tensor, at::Tensor> taid_bwd_cpu(const at::Tensor& grad_y, const 
   const TaidBwdBuffers b = prepare_taid_bwd(p, grad_y, s, w, attn, squeezed);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, s.scalar_type(), "taid_bwd_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    const bool avx2 = cpu_isa() == Isa::kAvx2;
+    const bool avx2 = use_avx2();
     auto* kernel = avx2 ? isa_avx2::taid_bwd_cpu_kernel<scalar_t>
                         : isa_default::taid_bwd_cpu_kernel<scalar_t>;
     auto* dw_kernel = avx2 ? isa_avx2::taid_dw_cpu<acc_t> : isa_default::taid_dw_cpu<acc_t>;
