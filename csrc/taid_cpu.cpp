@@ -1,8 +1,6 @@
-// CPU kernels of the taid op family (float32 and float64).
-//
-// Work is split over (b, c) planes; a plane's T x H x W values are walked time step by time step,
-// each step one contiguous run of pixels (the inner loops vectorise). dL/dw: every plane writes
-// its dL/dZ (T values), then each entry of dw sums over the planes in order. Deterministic.
+// CPU kernels of the taid op family: float32, float64, float16 and bfloat16 storage, math in
+// float (double for float64) through TaidMath, the per-plane arithmetic the CUDA kernels use too.
+// The kernels themselves are in taid_cpu_kernels.h, compiled here once per instruction set.
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
@@ -17,124 +15,49 @@
 namespace alif_cuda {
 namespace {
 
-// Planes per task: enough values that a task outweighs its scheduling.
-int64_t plane_grain(const TaidParams& p) {
-  return std::max<int64_t>(1, 32768 / std::max<int64_t>(1, p.T * p.plane_size));
-}
+namespace isa_default {
+#include "taid_cpu_kernels.h"
+}  // namespace isa_default
 
-// sum_{i < n} term(i) in kLanes interleaved partial sums: independent chains the compiler turns
-// into SIMD adds (a single running sum is one dependent add per element). Fixed order.
-template <typename acc_t, typename Term>
-acc_t lane_sum(int64_t n, Term&& term) {
-  constexpr int kLanes = 16;
-  acc_t lanes[kLanes] = {};
-  int64_t i = 0;
-  for (; i + kLanes <= n; i += kLanes) {
-    for (int k = 0; k < kLanes; ++k) lanes[k] += term(i + k);
-  }
-  acc_t total = 0;
-  for (; i < n; ++i) total += term(i);
-  for (int k = 0; k < kLanes; ++k) total += lanes[k];
-  return total;
-}
+// GCC on x86-64 also builds an AVX2 copy (no FMA: a * b + c rounds twice, as in the baseline
+// code and the CUDA build, --fmad=false). Other compilers and CPUs run the baseline copy.
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
+#define TAID_CPU_AVX2 1
+#pragma GCC push_options
+#pragma GCC target("avx2")
+namespace isa_avx2 {
+#include "taid_cpu_kernels.h"
+}  // namespace isa_avx2
+#pragma GCC pop_options
+#else
+#define TAID_CPU_AVX2 0
+namespace isa_avx2 = isa_default;
+#endif
 
-void check_cpu_float(const char* who, const at::Tensor& s) {
-  TORCH_CHECK(s.scalar_type() == at::kFloat || s.scalar_type() == at::kDouble, who,
-              ": on CPU s must be float32 or float64 (float16/bfloat16 run on CUDA), got ",
-              s.scalar_type());
-}
-
-template <typename scalar_t>
-void taid_fwd_cpu_kernel(const TaidParams& p, const scalar_t* __restrict__ s,
-                         const at::opmath_type<scalar_t>* __restrict__ w,
-                         scalar_t* __restrict__ y, at::opmath_type<scalar_t>* __restrict__ attn,
-                         at::opmath_type<scalar_t>* __restrict__ squeezed) {
-  using acc_t = at::opmath_type<scalar_t>;
-  const int64_t HW = p.plane_size;
-  const acc_t scale = reduce_scale<acc_t>(p);
-  at::parallel_for(0, p.planes, plane_grain(p), [&](int64_t begin, int64_t end) {
-    std::vector<acc_t> X(p.T), row(HW);
-    for (int64_t plane = begin; plane < end; ++plane) {
-      for (int64_t t = 0; t < p.T; ++t) {
-        const scalar_t* st = s + (t * p.planes + plane) * HW;
-        X[t] = lane_sum<acc_t>(HW, [st](int64_t i) { return acc_t(st[i]); }) / acc_t(HW);
-      }
-      std::fill(row.begin(), row.end(), acc_t(0));
-      for (int64_t t = 0; t < p.T; ++t) {
-        const acc_t a = attention_at(w, X.data(), p.T, t);
-        attn[t * p.planes + plane] = a;
-        squeezed[t * p.planes + plane] = X[t];
-        const acc_t coef = a * scale;
-        const scalar_t* st = s + (t * p.planes + plane) * HW;
-        for (int64_t i = 0; i < HW; ++i) row[i] += coef * acc_t(st[i]);
-      }
-      scalar_t* yp = y + plane * HW;
-      for (int64_t i = 0; i < HW; ++i) yp[i] = scalar_t(row[i]);
-    }
-  });
-}
-
-// Per plane: G_t = scale * sum_px g s_t, dZ_t = G_t A_t (1 - A_t), dX = w^T dZ, and
-// ds_t = scale * A_t g + dX_t / HW. dZ is kept (T, planes) for dw.
-template <typename scalar_t>
-void taid_bwd_cpu_kernel(const TaidParams& p, const scalar_t* __restrict__ g,
-                         const scalar_t* __restrict__ s,
-                         const at::opmath_type<scalar_t>* __restrict__ w,
-                         const at::opmath_type<scalar_t>* __restrict__ attn,
-                         scalar_t* __restrict__ grad_s, at::opmath_type<scalar_t>* __restrict__ dZ) {
-  using acc_t = at::opmath_type<scalar_t>;
-  const int64_t HW = p.plane_size;
-  const acc_t scale = reduce_scale<acc_t>(p);
-  at::parallel_for(0, p.planes, plane_grain(p), [&](int64_t begin, int64_t end) {
-    std::vector<acc_t> dz(p.T);
-    for (int64_t plane = begin; plane < end; ++plane) {
-      const scalar_t* gp = g + plane * HW;
-      for (int64_t t = 0; t < p.T; ++t) {
-        const scalar_t* st = s + (t * p.planes + plane) * HW;
-        const acc_t G =
-            lane_sum<acc_t>(HW, [gp, st](int64_t i) { return acc_t(gp[i]) * acc_t(st[i]); });
-        const acc_t a = attn[t * p.planes + plane];
-        dz[t] = G * scale * a * (acc_t(1) - a);
-        dZ[t * p.planes + plane] = dz[t];
-      }
-      for (int64_t t = 0; t < p.T; ++t) {
-        const acc_t coef = scale * attn[t * p.planes + plane];
-        const acc_t shift = squeeze_grad_at(w, dz.data(), p.T, t) / acc_t(HW);
-        scalar_t* dst = grad_s + (t * p.planes + plane) * HW;
-        for (int64_t i = 0; i < HW; ++i) dst[i] = scalar_t(coef * acc_t(gp[i]) + shift);
-      }
-    }
-  });
-}
-
-// dw[t, k] = sum over planes of dZ[t, plane] * X[k, plane], planes in order.
-template <typename acc_t>
-void taid_dw_cpu(const TaidParams& p, const acc_t* __restrict__ dZ,
-                 const acc_t* __restrict__ X, acc_t* __restrict__ dw) {
-  at::parallel_for(0, p.T * p.T, 1, [&](int64_t begin, int64_t end) {
-    for (int64_t e = begin; e < end; ++e) {
-      const acc_t* dz = dZ + (e / p.T) * p.planes;
-      const acc_t* x = X + (e % p.T) * p.planes;
-      acc_t sum = 0;
-      for (int64_t i = 0; i < p.planes; ++i) sum += dz[i] * x[i];
-      dw[e] = sum;
-    }
-  });
+// Whether this CPU runs the AVX2 copy, looked up once.
+bool use_avx2() {
+#if TAID_CPU_AVX2
+  static const bool avx2 = __builtin_cpu_supports("avx2");
+  return avx2;
+#else
+  return false;
+#endif
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> taid_fwd_cpu(const at::Tensor& s,
                                                             const at::Tensor& w,
                                                             std::string_view reduce) {
   const TaidParams p = make_taid_fwd_params(s, w, reduce);
-  check_cpu_float("taid", s);
   TaidFwdOutputs out = alloc_taid_fwd(s);
   const at::Tensor sc = s.contiguous();
-  AT_DISPATCH_FLOATING_TYPES(s.scalar_type(), "taid_fwd_cpu", [&] {
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, s.scalar_type(), "taid_fwd_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     const at::Tensor wc = w.to(c10::CppTypeToScalarType<acc_t>::value).contiguous();
-    taid_fwd_cpu_kernel<scalar_t>(p, sc.data_ptr<scalar_t>(), wc.data_ptr<acc_t>(),
-                                  out.y.data_ptr<scalar_t>(), out.attn.data_ptr<acc_t>(),
-                                  out.squeezed.data_ptr<acc_t>());
+    auto* kernel = use_avx2() ? isa_avx2::taid_fwd_cpu_kernel<scalar_t>
+                              : isa_default::taid_fwd_cpu_kernel<scalar_t>;
+    kernel(p, sc.const_data_ptr<scalar_t>(), wc.const_data_ptr<acc_t>(),
+           out.y.mutable_data_ptr<scalar_t>(), out.attn.mutable_data_ptr<acc_t>(),
+           out.squeezed.mutable_data_ptr<acc_t>());
   });
   return {out.y, out.attn, out.squeezed};
 }
@@ -144,14 +67,18 @@ std::tuple<at::Tensor, at::Tensor> taid_bwd_cpu(const at::Tensor& grad_y, const 
                                                 const at::Tensor& squeezed,
                                                 std::string_view reduce) {
   const TaidParams p = make_taid_bwd_params(grad_y, s, w, attn, squeezed, reduce);
-  check_cpu_float("taid_bwd", s);
   const TaidBwdBuffers b = prepare_taid_bwd(p, grad_y, s, w, attn, squeezed);
-  AT_DISPATCH_FLOATING_TYPES(s.scalar_type(), "taid_bwd_cpu", [&] {
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, s.scalar_type(), "taid_bwd_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    taid_bwd_cpu_kernel<scalar_t>(p, b.grad_y.data_ptr<scalar_t>(), b.s.data_ptr<scalar_t>(),
-                                  b.w.data_ptr<acc_t>(), b.attn.data_ptr<acc_t>(),
-                                  b.grad_s.data_ptr<scalar_t>(), b.dZ.data_ptr<acc_t>());
-    taid_dw_cpu<acc_t>(p, b.dZ.data_ptr<acc_t>(), b.squeezed.data_ptr<acc_t>(), b.dw.data_ptr<acc_t>());
+    const bool avx2 = use_avx2();
+    auto* kernel = avx2 ? isa_avx2::taid_bwd_cpu_kernel<scalar_t>
+                        : isa_default::taid_bwd_cpu_kernel<scalar_t>;
+    auto* dw_kernel = avx2 ? isa_avx2::taid_dw_cpu<acc_t> : isa_default::taid_dw_cpu<acc_t>;
+    kernel(p, b.grad_y.const_data_ptr<scalar_t>(), b.s.const_data_ptr<scalar_t>(),
+           b.w.const_data_ptr<acc_t>(), b.attn.const_data_ptr<acc_t>(),
+           b.grad_s.mutable_data_ptr<scalar_t>(), b.dZ.mutable_data_ptr<acc_t>());
+    dw_kernel(p, b.dZ.const_data_ptr<acc_t>(), b.squeezed.const_data_ptr<acc_t>(),
+              b.dw.mutable_data_ptr<acc_t>());
   });
   return {b.grad_s, b.dw.to(w.scalar_type())};
 }
