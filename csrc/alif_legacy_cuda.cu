@@ -1,4 +1,4 @@
-// CUDA kernels of the alif op family: float32, float16, bfloat16 (and float64) storage, math in
+// The legacy (saved-h) CUDA kernels of the alif op family (see alif_legacy.h): float32, float16, bfloat16 (and float64) storage, math in
 // float (double for float64).
 //
 // Thread mapping: one thread per neuron, looping over T in registers. Step t of neuron n lives at
@@ -17,9 +17,10 @@
 
 #include <type_traits>
 
-#include "alif.h"
+#include "alif_legacy.h"
 
 namespace alif_cuda {
+namespace legacy {
 namespace {
 
 constexpr int kThreads = 256;
@@ -192,7 +193,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> alif_fwd_cuda(
   const AlifParams p = make_alif_fwd_params(x, tau, v_th, u0, steps, reset, detach_reset,
                                             surrogate, width, alpha);
   const c10::cuda::OptionalCUDAGuard guard(x.device());
-  AlifFwdOutputs out = alloc_alif_fwd(x, p, save_h);
+  FwdOutputs out = alloc_fwd(x, p, save_h);
   if (p.N == 0) return {out.spikes, out.u_last, out.h};
   const at::Tensor xc = x.contiguous();
   const at::Tensor u0c = u0.has_value() ? u0->contiguous() : at::Tensor();
@@ -220,11 +221,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> alif_bwd_cuda(
     const at::Tensor& tau, const at::Tensor& v_th, const std::optional<at::Tensor>& u0,
     std::string_view reset, bool detach_reset, std::string_view surrogate, double width,
     double alpha, bool need_grad_u0) {
-  const AlifParams p = make_alif_bwd_params(grad_spikes, grad_u_last, h, x_static, tau, v_th, u0,
+  const AlifParams p = make_bwd_params(grad_spikes, grad_u_last, h, x_static, tau, v_th, u0,
                                             reset, detach_reset, surrogate, width, alpha);
   const c10::cuda::OptionalCUDAGuard guard(grad_spikes.device());
-  const AlifBwdBuffers buf =
-      prepare_alif_bwd(p, grad_spikes, grad_u_last, h, x_static, u0, need_grad_u0);
+  const BwdBuffers buf =
+      prepare_bwd(p, grad_spikes, grad_u_last, h, x_static, u0, need_grad_u0);
   const at::Tensor &g = buf.grad_spikes, &gu = buf.grad_u_last, &hc = buf.h, &xs = buf.x_static,
                    &u0c = buf.u0, &grad_x = buf.grad_x, &grad_u0 = buf.grad_u0;
   const auto stream = c10::cuda::getCurrentCUDAStream();
@@ -266,8 +267,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> alif_bwd_cuda(
 }  // namespace
 
 TORCH_LIBRARY_IMPL(alif_cuda, CUDA, m) {
-  m.impl("alif_fwd", &alif_fwd_cuda);
-  m.impl("alif_bwd", &alif_bwd_cuda);
+  m.impl("alif_fwd_saved_h", &alif_fwd_cuda);
+  m.impl("alif_bwd_saved_h", &alif_bwd_cuda);
 }
 
+}  // namespace legacy
 }  // namespace alif_cuda
