@@ -32,6 +32,21 @@ def cuda_kernels_available() -> bool:
     return _CUDA_KERNELS
 
 
+def _refuse_functorch_autodiff(who: str) -> None:
+    """torch.func.grad / vjp / jacrev / jvp cannot run the ops' C++ autograd: say what works."""
+    if torch.compiler.is_compiling() or torch._C._functorch.peek_interpreter_stack() is None:
+        return
+    from torch._functorch.pyfunctorch import retrieve_all_functorch_interpreters
+
+    kinds = {i.key() for i in retrieve_all_functorch_interpreters()}
+    if kinds & {torch._C._functorch.TransformType.Grad, torch._C._functorch.TransformType.Jvp}:
+        raise RuntimeError(
+            f"alif_cuda.{who}: torch.func's grad/vjp/jacrev/jvp transforms cannot differentiate "
+            f"this op (its autograd is written in C++). Use torch.autograd.grad (or .backward()) "
+            f"instead, or alif_cuda.{who}_ref under torch.func; torch.func.vmap alone works."
+        )
+
+
 def _check_device(x: Tensor) -> None:
     if x.is_cuda and not cuda_kernels_available():
         raise RuntimeError(
@@ -206,6 +221,7 @@ def alif(
     if not isinstance(x, Tensor):
         raise TypeError(f"alif: x must be a Tensor, got {type(x).__name__}")
     _check_device(x)
+    _refuse_functorch_autodiff("alif")
     tau = _as_param(tau, x)
     v_th = _as_param(v_th, x)
     static = _static_source(x)
@@ -259,5 +275,6 @@ def taid(
         if not isinstance(t, Tensor):
             raise TypeError(f"taid: {name} must be a Tensor, got {type(t).__name__}")
     _check_device(s)
+    _refuse_functorch_autodiff("taid")
     y, attn = torch.ops.alif_cuda.taid(s, w, reduce)
     return (y, attn) if return_attention else y

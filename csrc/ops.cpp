@@ -660,7 +660,7 @@ std::tuple<at::Tensor, at::Tensor> taid_no_grad(const at::Tensor& s, const at::T
 template <const char* kName>
 struct RefuseDoubleBackward : public torch::autograd::Function<RefuseDoubleBackward<kName>> {
   static variable_list forward(AutogradContext*, const std::function<variable_list()>& run,
-                               const variable_list& inputs) {
+                               at::TensorList inputs) {
     return run();
   }
   static variable_list backward(AutogradContext*, variable_list) { refuse_double_backward(kName); }
@@ -675,10 +675,13 @@ constexpr char kTaidBwd[] = "taid_bwd";
 template <const char* kName>
 variable_list run_backward_op(const variable_list& inputs,
                               const std::function<variable_list()>& run) {
-  bool needs = false;
-  for (const auto& t : inputs) needs = needs || (t.defined() && t.requires_grad());
-  if (!at::GradMode::is_enabled() || !needs) return run();
-  return RefuseDoubleBackward<kName>::apply(run, inputs);
+  if (!at::GradMode::is_enabled()) return run();
+  variable_list differentiable;
+  for (const auto& t : inputs) {
+    if (t.defined() && t.requires_grad()) differentiable.push_back(t);
+  }
+  if (differentiable.empty()) return run();
+  return RefuseDoubleBackward<kName>::apply(run, at::TensorList(differentiable));
 }
 
 template <typename Tuple, size_t... I>
