@@ -158,10 +158,10 @@ def main():
                                    peak_mb=None if peak is None else round(peak, 1), copy_gbps=round(copy, 1),
                                    device=device_name(device), torch=torch.__version__)
                         records.append(rec)
-                        rows.append([name, dtype_name, T, f"2^{logn}", mode, f"{ms:.3f}", f"{gbps:.0f}",
+                        rows.append([name, dtype_name, T, f"2^{logn}", mode, f"{ms:.3f}", f"{gbps:.1f}",
                                      f"{rec['pct_of_copy']:.0f}%", "-" if peak is None else f"{peak:.0f}"])
                         print(f"  {name:18s} {dtype_name:8s} T={T:<3} N=2^{logn:<3} {mode:24s} {ms:9.3f} ms "
-                              f"{gbps:7.0f} GB/s", flush=True)
+                              f"{gbps:7.1f} GB/s", flush=True)
     table = markdown_table(["provider", "dtype", "T", "N", "mode", "ms", "GB/s", "of copy", "peak MB"], rows)
     print("\n" + table)
     if not args.no_save and records:
