@@ -33,8 +33,9 @@ def cuda_kernels_available() -> bool:
 
 
 def _refuse_functorch_autodiff(who: str) -> None:
-    """torch.func.grad / vjp / jacrev / jvp cannot run the ops' C++ autograd: say what works."""
-    if torch.compiler.is_compiling() or torch._C._functorch.peek_interpreter_stack() is None:
+    """torch.func.grad / vjp / jacrev / jvp cannot run the ops' C++ autograd: say what works.
+    (Called outside torch.compile only.)"""
+    if torch._C._functorch.peek_interpreter_stack() is None:
         return
     from torch._functorch.pyfunctorch import retrieve_all_functorch_interpreters
 
@@ -139,11 +140,11 @@ _PARAM_CACHE = {}
 _PARAM_CACHE_MAX = 256
 
 
-def _as_param(value: Union[float, Tensor], x: Tensor) -> Tensor:
+def _as_param(value: Union[float, Tensor], x: Tensor, compiling: bool) -> Tensor:
     if isinstance(value, Tensor):
         return value
     dtype = _state_dtype(x.dtype)
-    if torch.compiler.is_compiling():
+    if compiling:
         return torch.full((), float(value), dtype=dtype, device=x.device)
     key = (float(value), dtype, x.device)
     t = _PARAM_CACHE.get(key)
@@ -154,7 +155,7 @@ def _as_param(value: Union[float, Tensor], x: Tensor) -> Tensor:
     return t
 
 
-def _static_source(x: Tensor) -> Optional[Tensor]:
+def _static_source(x: Tensor, compiling: bool) -> Optional[Tensor]:
     """The (B, ...) tensor behind an x expanded over time (stride 0 along dim 0), or None.
 
     Its gradient must be the sum over time, computed by the kernel, without PyTorch building a
@@ -170,7 +171,7 @@ def _static_source(x: Tensor) -> Optional[Tensor]:
         return x[0]
     if x.is_leaf:
         return None
-    if not torch.compiler.is_compiling():
+    if not compiling:
         base = x._base
         if (
             base is not None
@@ -221,10 +222,12 @@ def alif(
     if not isinstance(x, Tensor):
         raise TypeError(f"alif: x must be a Tensor, got {type(x).__name__}")
     _check_device(x)
-    _refuse_functorch_autodiff("alif")
-    tau = _as_param(tau, x)
-    v_th = _as_param(v_th, x)
-    static = _static_source(x)
+    compiling = torch.compiler.is_compiling()
+    if not compiling:
+        _refuse_functorch_autodiff("alif")
+    tau = _as_param(tau, x, compiling)
+    v_th = _as_param(v_th, x, compiling)
+    static = _static_source(x, compiling)
     steps = x.shape[0] if static is not None else None
     spikes, u_last = torch.ops.alif_cuda.alif(
         static if static is not None else x, tau, v_th, u0, steps, reset, detach_reset, surrogate,
@@ -275,6 +278,7 @@ def taid(
         if not isinstance(t, Tensor):
             raise TypeError(f"taid: {name} must be a Tensor, got {type(t).__name__}")
     _check_device(s)
-    _refuse_functorch_autodiff("taid")
+    if not torch.compiler.is_compiling():
+        _refuse_functorch_autodiff("taid")
     y, attn = torch.ops.alif_cuda.taid(s, w, reduce)
     return (y, attn) if return_attention else y
