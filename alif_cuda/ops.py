@@ -1,7 +1,8 @@
-"""The public ops: fake kernels and autograd for torch.ops.alif_cuda.*, and the Python entry points.
+"""The public ops' Python face: fake kernels for torch.ops.alif_cuda.* and the entry points.
 
-The C++ schemas live in csrc/ops.cpp; this file only registers what Python must provide (shape
-propagation for torch.compile, autograd) and turns friendly arguments into op arguments.
+The C++ schemas and the autograd (registered for the Autograd key, double backward refused)
+live in csrc/ops.cpp; this file registers what Python must provide (shape propagation for
+torch.compile, with the ops' device checks) and turns friendly arguments into op arguments.
 """
 from typing import Optional, Tuple, Union
 
@@ -15,9 +16,36 @@ REBUILD_COMMAND = (
 )
 
 
+_CUDA_KERNELS = None
+
+# Steps the backward replays at once; the forward checkpoints u every CHUNK steps for T > CHUNK.
+# Mirrors kChunk in csrc/alif.h (the fake kernel must give the real output's shape).
+CHUNK = 8
+
+
 def cuda_kernels_available() -> bool:
-    """True when this build of alif_cuda._C contains the CUDA kernels."""
-    return torch._C._dispatch_has_kernel_for_dispatch_key("alif_cuda::alif_fwd", "CUDA")
+    """True when this build of alif_cuda._C contains the CUDA kernels (asked once: a build does not
+    change while it is loaded)."""
+    global _CUDA_KERNELS
+    if _CUDA_KERNELS is None:
+        _CUDA_KERNELS = torch._C._dispatch_has_kernel_for_dispatch_key("alif_cuda::alif_fwd", "CUDA")
+    return _CUDA_KERNELS
+
+
+def _refuse_functorch_autodiff(who: str) -> None:
+    """torch.func.grad / vjp / jacrev / jvp cannot run the ops' C++ autograd: say what works.
+    (Called outside torch.compile only.)"""
+    if torch._C._functorch.peek_interpreter_stack() is None:
+        return
+    from torch._functorch.pyfunctorch import retrieve_all_functorch_interpreters
+
+    kinds = {i.key() for i in retrieve_all_functorch_interpreters()}
+    if kinds & {torch._C._functorch.TransformType.Grad, torch._C._functorch.TransformType.Jvp}:
+        raise RuntimeError(
+            f"alif_cuda.{who}: torch.func's grad/vjp/jacrev/jvp transforms cannot differentiate "
+            f"this op (its autograd is written in C++). Use torch.autograd.grad (or .backward()) "
+            f"instead, or alif_cuda.{who}_ref under torch.func; torch.func.vmap alone works."
+        )
 
 
 def _check_device(x: Tensor) -> None:
@@ -32,93 +60,102 @@ def _state_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
+def _check_devices(who: str, ref_name: str, ref: Tensor, **others) -> None:
+    """The fake kernels' device check, as the C++ ops do it: every tensor on ref's device."""
+    for name, t in others.items():
+        if t is not None and t.device != ref.device:
+            raise RuntimeError(
+                f"{who}: {name} must be on {ref_name}'s device ({ref.device}), got {t.device}"
+            )
+
+
+def _alif_step_shape(x, steps):
+    return (tuple(x.shape) if steps is not None else tuple(x.shape[1:])), (
+        steps if steps is not None else x.shape[0]
+    )
+
+
+@torch.library.register_fake("alif_cuda::alif")
+def _alif_fake(x, tau, v_th, u0, steps, reset, detach_reset, surrogate, width, alpha):
+    _check_devices("alif", "x", x, tau=tau, v_th=v_th, u0=u0)
+    step_shape, T = _alif_step_shape(x, steps)
+    return x.new_empty((T, *step_shape)), x.new_empty(step_shape)
+
+
 @torch.library.register_fake("alif_cuda::alif_fwd")
-def _alif_fwd_fake(x, tau, v_th, u0, steps, reset, save_h, detach_reset, surrogate, width, alpha):
-    step_shape = tuple(x.shape) if steps is not None else tuple(x.shape[1:])
-    T = steps if steps is not None else x.shape[0]
-    spikes = x.new_empty((T, *step_shape))
-    u_last = x.new_empty(step_shape)
-    h_shape = (T, *step_shape) if save_h and steps is None else (0,)
-    h = x.new_empty(h_shape, dtype=_state_dtype(x.dtype))
-    return spikes, u_last, h
+def _alif_fwd_fake(x, tau, v_th, u0, steps, reset, checkpoint, detach_reset, surrogate, width, alpha):
+    _check_devices("alif", "x", x, tau=tau, v_th=v_th, u0=u0)
+    step_shape, T = _alif_step_shape(x, steps)
+    n_ckpt = (T - 1) // CHUNK if checkpoint and steps is None else 0
+    ckpt_shape = (n_ckpt, *step_shape) if n_ckpt > 0 else (0,)
+    return (
+        x.new_empty((T, *step_shape)),
+        x.new_empty(step_shape),
+        x.new_empty(ckpt_shape, dtype=_state_dtype(x.dtype)),
+    )
 
 
 @torch.library.register_fake("alif_cuda::alif_bwd")
 def _alif_bwd_fake(
+    grad_spikes, grad_u_last, x, u_ckpt, steps, tau, v_th, u0, reset, detach_reset, surrogate,
+    width, alpha, need_grad_u0,
+):
+    _check_devices(
+        "alif_bwd", "x", x, grad_spikes=grad_spikes, grad_u_last=grad_u_last, u_ckpt=u_ckpt,
+        tau=tau, v_th=v_th, u0=u0,
+    )
+    grad_u0 = x.new_empty(u0.shape if need_grad_u0 and u0 is not None else (0,))
+    return x.new_empty(x.shape), tau.new_empty(tau.shape), v_th.new_empty(v_th.shape), grad_u0
+
+
+@torch.library.register_fake("alif_cuda::alif_fwd_saved_h")
+def _alif_fwd_saved_h_fake(x, tau, v_th, u0, steps, reset, save_h, detach_reset, surrogate, width, alpha):
+    _check_devices("alif", "x", x, tau=tau, v_th=v_th, u0=u0)
+    step_shape, T = _alif_step_shape(x, steps)
+    h_shape = (T, *step_shape) if save_h and steps is None else (0,)
+    return (
+        x.new_empty((T, *step_shape)),
+        x.new_empty(step_shape),
+        x.new_empty(h_shape, dtype=_state_dtype(x.dtype)),
+    )
+
+
+@torch.library.register_fake("alif_cuda::alif_bwd_saved_h")
+def _alif_bwd_saved_h_fake(
     grad_spikes, grad_u_last, h, x_static, tau, v_th, u0, reset, detach_reset, surrogate, width,
     alpha, need_grad_u0,
 ):
+    _check_devices(
+        "alif_bwd_saved_h", "grad_spikes", grad_spikes, grad_u_last=grad_u_last, h=h,
+        x_static=x_static, tau=tau, v_th=v_th, u0=u0,
+    )
     grad_x = grad_spikes.new_empty(x_static.shape if x_static is not None else grad_spikes.shape)
     grad_u0 = grad_spikes.new_empty(u0.shape if need_grad_u0 and u0 is not None else (0,))
     return grad_x, tau.new_empty(tau.shape), v_th.new_empty(v_th.shape), grad_u0
 
 
-def _alif_setup_context(ctx, inputs, output):
-    x, tau, v_th, u0, steps, reset, save_h, detach_reset, surrogate, width, alpha = inputs
-    _, _, h = output
-    # A time-major x saves h (x itself is not kept); a static x is kept instead and the backward
-    # recomputes h from it, so nothing of size T * N is saved.
-    ctx.save_for_backward(h if steps is None else x, tau, v_th, u0)
-    ctx.static = steps is not None
-    ctx.options = (reset, detach_reset, surrogate, width, alpha)
+# Python floats become tensors once per (value, dtype, device): torch.tensor(v, device="cuda")
+# would copy from pageable host memory and synchronise on every call.
+_PARAM_CACHE = {}
+_PARAM_CACHE_MAX = 256
 
 
-def _alif_backward(ctx, grad_spikes, grad_u_last, _grad_h):
-    # Outputs that got no gradient arrive as zeros (autograd materialises them).
-    saved, tau, v_th, u0 = ctx.saved_tensors
-    reset, detach_reset, surrogate, width, alpha = ctx.options
-    need_grad_u0 = u0 is not None and ctx.needs_input_grad[3]
-    grad_x, grad_tau, grad_vth, grad_u0 = torch.ops.alif_cuda.alif_bwd(
-        grad_spikes.contiguous(),
-        None if grad_u_last is None else grad_u_last.contiguous(),
-        None if ctx.static else saved,
-        saved if ctx.static else None,
-        tau, v_th, u0, reset, detach_reset, surrogate, width, alpha, need_grad_u0,
-    )
-    return (
-        grad_x,
-        grad_tau,
-        grad_vth,
-        grad_u0 if need_grad_u0 else None,
-        None, None, None, None, None, None, None,
-    )
-
-
-torch.library.register_autograd(
-    "alif_cuda::alif_fwd", _alif_backward, setup_context=_alif_setup_context
-)
-
-
-def _refuse_double_backward(op_name: str):
-    """An autograd formula for a backward op that says double backward is unsupported (without
-    one, autograd would silently treat the op's outputs as constants and return zeros)."""
-
-    def backward(ctx, *grads):
-        raise RuntimeError(
-            f"alif_cuda: double backward through {op_name} (e.g. autograd.grad with "
-            "create_graph=True, then differentiating the result) is not supported"
-        )
-
-    return backward
-
-
-def _no_context(ctx, inputs, output):
-    pass
-
-
-for _op in ("alif_bwd", "taid_bwd"):
-    torch.library.register_autograd(
-        f"alif_cuda::{_op}", _refuse_double_backward(_op), setup_context=_no_context
-    )
-
-
-def _as_param(value: Union[float, Tensor], x: Tensor) -> Tensor:
+def _as_param(value: Union[float, Tensor], x: Tensor, compiling: bool) -> Tensor:
     if isinstance(value, Tensor):
         return value
-    return torch.tensor(float(value), dtype=_state_dtype(x.dtype), device=x.device)
+    dtype = _state_dtype(x.dtype)
+    if compiling:
+        return torch.full((), float(value), dtype=dtype, device=x.device)
+    key = (float(value), dtype, x.device)
+    t = _PARAM_CACHE.get(key)
+    if t is None:
+        if len(_PARAM_CACHE) >= _PARAM_CACHE_MAX:
+            _PARAM_CACHE.clear()
+        t = _PARAM_CACHE[key] = torch.full((), key[0], dtype=dtype, device=x.device)
+    return t
 
 
-def _static_source(x: Tensor) -> Optional[Tensor]:
+def _static_source(x: Tensor, compiling: bool) -> Optional[Tensor]:
     """The (B, ...) tensor behind an x expanded over time (stride 0 along dim 0), or None.
 
     Its gradient must be the sum over time, computed by the kernel, without PyTorch building a
@@ -134,7 +171,7 @@ def _static_source(x: Tensor) -> Optional[Tensor]:
         return x[0]
     if x.is_leaf:
         return None
-    if not torch.compiler.is_compiling():
+    if not compiling:
         base = x._base
         if (
             base is not None
@@ -175,33 +212,33 @@ def alif(
     (1/width) * 1(|h - v_th| < width/2), or "atan", (alpha/2) / (1 + (pi/2 * alpha * (h - v_th))^2);
     detach_reset drops the gradient through o_t in the reset.
 
-    Saved for backward: h in float32 (float64 for float64 x), nothing else of size T * N; for a
-    static x, only x. Returns spikes (T, B, ...) in x's dtype, plus the final state u_{T-1}
-    (B, ...) when return_state (differentiable, for chunked or stateful use).
-    The oracle is :func:`alif_cuda.reference.alif_ref`.
+    Saved for backward: x itself (not a copy) and per-neuron tensors (u0; for T > 8 the state
+    every 8 steps, (T - 1) // 8 of them): the backward replays the forward from x. Returns spikes
+    (T, B, ...) in x's dtype, plus the final state u_{T-1} (B, ...) when return_state
+    (differentiable, for chunked or stateful use). Gradients of an unused output are not
+    materialised. The oracle is :func:`alif_cuda.reference.alif_ref`.
     """
     check_alif_options(surrogate, width, alpha, reset)
     if not isinstance(x, Tensor):
         raise TypeError(f"alif: x must be a Tensor, got {type(x).__name__}")
     _check_device(x)
-    tau = _as_param(tau, x)
-    v_th = _as_param(v_th, x)
-    static = _static_source(x)
+    compiling = torch.compiler.is_compiling()
+    if not compiling:
+        _refuse_functorch_autodiff("alif")
+    tau = _as_param(tau, x, compiling)
+    v_th = _as_param(v_th, x, compiling)
+    static = _static_source(x, compiling)
     steps = x.shape[0] if static is not None else None
-    x_op = static if static is not None else x
-    needs_grad = any(
-        t is not None and t.requires_grad for t in (x_op, tau, v_th, u0)
-    )
-    save_h = torch.is_grad_enabled() and needs_grad
-    spikes, u_last, _ = torch.ops.alif_cuda.alif_fwd(
-        x_op, tau, v_th, u0, steps, reset, save_h, detach_reset, surrogate, float(width),
-        float(alpha),
+    spikes, u_last = torch.ops.alif_cuda.alif(
+        static if static is not None else x, tau, v_th, u0, steps, reset, detach_reset, surrogate,
+        float(width), float(alpha),
     )
     return (spikes, u_last) if return_state else spikes
 
 
 @torch.library.register_fake("alif_cuda::taid_fwd")
 def _taid_fwd_fake(s, w, reduce):
+    _check_devices("taid", "s", s, w=w)
     stat_dtype = _state_dtype(s.dtype)
     return s.new_empty(s.shape[1:]), s.new_empty(s.shape[:3], dtype=stat_dtype), s.new_empty(
         s.shape[:3], dtype=stat_dtype
@@ -210,27 +247,14 @@ def _taid_fwd_fake(s, w, reduce):
 
 @torch.library.register_fake("alif_cuda::taid_bwd")
 def _taid_bwd_fake(grad_y, s, w, attn, squeezed, reduce):
+    _check_devices("taid_bwd", "s", s, grad_y=grad_y, w=w, attn=attn, squeezed=squeezed)
     return s.new_empty(s.shape), w.new_empty(w.shape)
 
 
-def _taid_setup_context(ctx, inputs, output):
-    s, w, reduce = inputs
-    _, attn, squeezed = output
-    ctx.save_for_backward(s, w, attn, squeezed)
-    ctx.reduce = reduce
-
-
-def _taid_backward(ctx, grad_y, _grad_attn, _grad_squeezed):
-    s, w, attn, squeezed = ctx.saved_tensors
-    grad_s, grad_w = torch.ops.alif_cuda.taid_bwd(
-        grad_y.contiguous(), s, w, attn, squeezed, ctx.reduce
-    )
-    return grad_s, grad_w, None
-
-
-torch.library.register_autograd(
-    "alif_cuda::taid_fwd", _taid_backward, setup_context=_taid_setup_context
-)
+@torch.library.register_fake("alif_cuda::taid")
+def _taid_fake(s, w, reduce):
+    _check_devices("taid", "s", s, w=w)
+    return s.new_empty(s.shape[1:]), s.new_empty(s.shape[:3], dtype=_state_dtype(s.dtype))
 
 
 def taid(
@@ -254,5 +278,7 @@ def taid(
         if not isinstance(t, Tensor):
             raise TypeError(f"taid: {name} must be a Tensor, got {type(t).__name__}")
     _check_device(s)
-    y, attn, _ = torch.ops.alif_cuda.taid_fwd(s, w, reduce)
-    return (y, attn.detach()) if return_attention else y
+    if not torch.compiler.is_compiling():
+        _refuse_functorch_autodiff("taid")
+    y, attn = torch.ops.alif_cuda.taid(s, w, reduce)
+    return (y, attn) if return_attention else y

@@ -1,19 +1,27 @@
 """The alif op against the alternatives a user has: providers side by side, one run, one device.
 
     python bench/bench_alif.py [--device cuda] [--T 4 8 16 32] [--N 16 20 24] [--dtypes float32 bfloat16]
-                               [--providers alif_cuda reference reference+compile spikingjelly] [--profile]
+                               [--providers alif_cuda reference reference+compile spikingjelly]
+                               [--copy-mb MB] [--reps 20] [--profile] [--no-save]
 
-Providers: `alif_cuda` (the fused op, h saved in float32), `reference` (alif_ref, an eager loop), `reference+compile` (alif_ref under torch.compile),
-`spikingjelly` (SpikingJelly 2.0 plif_multi_step with decay_input=False and hard reset to 0, the
-same dynamics with a learnable decay; when importable). Modes: `forward` (training forward,
-saving what backward needs), `forward+backward`, `inference` (forward under no_grad) and
-`static forward+backward` (x expanded over T from (B, ...); alif_cuda and reference only).
-For each: median ms (CUDA events after warm-up), GB/s over the bytes the op must move (training:
-x read, spikes and h written, grad read, h read, grad_x written = 24 B per neuron-step in
-float32), the share of the device's copy bandwidth measured in this run, and peak extra memory.
+Providers: `alif_cuda` (the fused op: the backward replays the forward from x), `reference`
+(alif_ref, an eager loop), `reference+compile` (alif_ref under torch.compile), `spikingjelly`
+(SpikingJelly 2.0 plif_multi_step with decay_input=False and hard reset to 0: the same dynamics
+with a learnable decay sigmoid(w) = 1 - tau; when importable).
+Modes: `forward` (training forward, saving what backward needs), `forward+backward`,
+`inference` (forward under no_grad) and `static forward+backward` (x expanded over T from (B, ...)).
+What is timed is exactly the op: forward+backward is
+`torch.autograd.grad(out, inputs, grad_outputs=g)` over the provider's own inputs (x, tau, v_th;
+SpikingJelly: x, w), with g made beforehand; no loss, no extra elementwise work.
+For each: median ms (CUDA events after warm-up; perf_counter on the CPU), GB/s over the bytes the
+op must move at the least (training forward+backward: x read and spikes written, then x and
+grad read and grad_x written = 20 B per neuron-step in float32, 10 in bfloat16), the share of the
+device's copy bandwidth measured in this run, and peak extra memory (CUDA only).
 Writes bench/results/alif_<device>.json, .md and .png (GB/s against N per provider).
---profile writes a torch.profiler trace (bench/results/alif_trace.json) of the fused op at the
-largest size and prints the Nsight Compute command line for its kernels.
+--profile writes a torch.profiler trace (bench/results/alif_trace_<device>.json) of the fused op
+at the largest size and prints the Nsight Compute command line for its kernels.
+The printed table's columns (read by bench/gpu_check.py): provider, dtype, T, N, mode, ms, GB/s,
+of copy, peak MB.
 """
 import argparse
 import sys
@@ -29,50 +37,64 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 PROVIDERS = ("alif_cuda", "reference", "reference+compile", "spikingjelly")
 
 
-def spikingjelly_fn():
-    """SpikingJelly's PLIF multi-step kernel configured as ALIF (hard reset to 0, no input decay),
-    or None when it is not installed."""
+def spikingjelly_provider():
+    """SpikingJelly's PLIF multi-step kernel configured as ALIF (hard reset to 0, no input decay:
+    h = v (1 - sigmoid(w)) + x, so tau = 1 - sigmoid(w)), or None when it is not installed.
+    Returns make(x, tau, v_th) -> (fn, inputs): fn(*inputs) gives the spikes."""
     try:
-        from spikingjelly.activation_based import functional as sjf
+        from spikingjelly.activation_based.functional import plif_multi_step
     except ImportError:
         return None
-    w = torch.tensor(0.0, requires_grad=True)
 
-    def run(x, tau, v_th):
+    def make(x, tau, v_th):
+        w = torch.logit(1 - tau.detach().float()).requires_grad_()
         v0 = torch.zeros(x.shape[1:], device=x.device, dtype=torch.float32)
-        spikes, _, _ = sjf.plif_multi_step(x, v0, w.to(x.device), False, float(v_th), 0.0, None, False, False)
-        return spikes
+        threshold = float(v_th)
 
-    return run
+        def run(x, w):
+            return plif_multi_step(x, v0, w, False, threshold, 0.0, None, False, False)[0]
+
+        return run, (x, w)
+
+    return make
+
+
+def own_inputs(fn):
+    """A provider whose inputs are (x, tau, v_th) as given."""
+    return lambda x, tau, v_th: (fn, (x, tau, v_th))
 
 
 def providers(names):
     out = {}
     for name in names:
         if name == "alif_cuda":
-            out[name] = alif
+            out[name] = own_inputs(alif)
         elif name == "reference":
-            out[name] = alif_ref
+            out[name] = own_inputs(alif_ref)
         elif name == "reference+compile":
-            out[name] = torch.compile(alif_ref)
+            out[name] = own_inputs(torch.compile(alif_ref))
         elif name == "spikingjelly":
-            fn = spikingjelly_fn()
-            if fn is None:
+            make = spikingjelly_provider()
+            if make is None:
                 print("spikingjelly is not installed: skipping that provider", file=sys.stderr)
             else:
-                out[name] = fn
+                out[name] = make
     return out
 
 
 def mode_bytes(mode, T, N, esize):
-    """Bytes the op must move at the least."""
-    if mode == "inference":
+    """Bytes the op must move at the least: the forward reads x and writes spikes; the backward
+    reads x and grad and writes grad_x; a static x is read once and its gradient written once."""
+    if mode in ("inference", "forward"):
         return 2 * T * N * esize
-    if mode == "forward":
-        return T * N * (2 * esize + 4)
     if mode == "forward+backward":
-        return T * N * (4 * esize + 8)
-    return 2 * N * esize + 2 * T * N * esize  # static: x and grad_x once, spikes and grad per step
+        return 5 * T * N * esize
+    return 2 * N * esize + 2 * T * N * esize  # static: x, grad_x once; spikes, grad per step
+
+
+def grad_run(fn, inputs, g):
+    """forward+backward of exactly the op: autograd.grad(out, inputs, grad_outputs=g)."""
+    return lambda: torch.autograd.grad(fn(*inputs), inputs, g)
 
 
 def main():
@@ -84,18 +106,18 @@ def main():
     parser.add_argument("--providers", nargs="+", choices=PROVIDERS, default=list(PROVIDERS))
     parser.add_argument("--max-elements", type=int, default=2**27, help="skip sizes with T*N above this (memory)")
     parser.add_argument("--reps", type=int, default=20)
+    parser.add_argument("--copy-mb", type=int, default=None,
+                        help="size of the copy that measures bandwidth (default 1024 MB on CUDA, 256 MB on the CPU)")
     parser.add_argument("--profile", action="store_true")
     parser.add_argument("--no-save", action="store_true")
     args = parser.parse_args()
     device = torch.device(args.device)
     if device.type == "cuda" and not (torch.cuda.is_available() and alif_cuda.cuda_kernels_available()):
         parser.error("--device cuda needs a visible GPU and a CUDA build of alif_cuda")
-    if device.type == "cpu" and any(d != "float32" for d in args.dtypes):
-        parser.error("on the CPU the alif kernels run in float32 (or float64); use --dtypes float32")
     if min(args.T) < 1 or min(args.N) < 0 or args.reps < 1:
         parser.error("--T must be >= 1, --N >= 0 and --reps >= 1")
 
-    copy = copy_gbps(device)
+    copy = copy_gbps(device, args.copy_mb)
     print(f"alif on {device_name(device)}, torch {torch.__version__}; copy bandwidth {copy:.0f} GB/s\n", flush=True)
     fns = providers(args.providers)
     records, rows = [], []
@@ -112,15 +134,17 @@ def main():
                 g = torch.randn(T, N, device=device).to(dtype)
                 tau = torch.tensor(0.25, device=device, requires_grad=True)
                 v_th = torch.tensor(0.2, device=device, requires_grad=True)
-                for name, fn in fns.items():
+                for name, make in fns.items():
+                    fn, inputs = make(x, tau, v_th)
+                    fn_s, inputs_s = make(base.unsqueeze(0).expand(T, N), tau, v_th)
                     runs = {
-                        "forward": lambda fn=fn: fn(x, tau, v_th),
-                        "forward+backward": lambda fn=fn: torch.autograd.grad((fn(x, tau, v_th) * g).sum(), (x, tau, v_th)),
-                        "inference": lambda fn=fn: _no_grad(fn, x, tau, v_th),
+                        "forward": lambda fn=fn, inputs=inputs: fn(*inputs),
+                        "forward+backward": grad_run(fn, inputs, g),
+                        "inference": lambda fn=fn, inputs=inputs: _no_grad(fn, inputs),
+                        # the gradient is owed to base, the tensor x was expanded from
+                        "static forward+backward": lambda fn=fn_s, inputs=inputs_s: torch.autograd.grad(
+                            fn(*inputs), (base, *inputs[1:]), g),
                     }
-                    if name in ("alif_cuda", "reference"):
-                        runs["static forward+backward"] = lambda fn=fn: torch.autograd.grad(
-                            (fn(base.unsqueeze(0).expand(T, N), tau, v_th) * g).sum(), (base, tau, v_th))
                     for mode, run in runs.items():
                         try:
                             ms = time_ms(run, device, reps=args.reps)
@@ -134,10 +158,10 @@ def main():
                                    peak_mb=None if peak is None else round(peak, 1), copy_gbps=round(copy, 1),
                                    device=device_name(device), torch=torch.__version__)
                         records.append(rec)
-                        rows.append([name, dtype_name, T, f"2^{logn}", mode, f"{ms:.3f}", f"{gbps:.0f}",
+                        rows.append([name, dtype_name, T, f"2^{logn}", mode, f"{ms:.3f}", f"{gbps:.1f}",
                                      f"{rec['pct_of_copy']:.0f}%", "-" if peak is None else f"{peak:.0f}"])
                         print(f"  {name:18s} {dtype_name:8s} T={T:<3} N=2^{logn:<3} {mode:24s} {ms:9.3f} ms "
-                              f"{gbps:7.0f} GB/s", flush=True)
+                              f"{gbps:7.1f} GB/s", flush=True)
     table = markdown_table(["provider", "dtype", "T", "N", "mode", "ms", "GB/s", "of copy", "peak MB"], rows)
     print("\n" + table)
     if not args.no_save and records:
@@ -148,9 +172,9 @@ def main():
         profile(device, max(args.T), 2 ** max(args.N))
 
 
-def _no_grad(fn, x, tau, v_th):
+def _no_grad(fn, inputs):
     with torch.no_grad():
-        return fn(x, tau, v_th)
+        return fn(*inputs)
 
 
 def plot(records, path):
@@ -184,14 +208,14 @@ def profile(device, T, N):
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
     with torch_profile(activities=activities) as prof:
         for _ in range(3):
-            torch.autograd.grad(alif(x, tau, v_th).sum(), (x, tau, v_th))
+            torch.autograd.grad(alif(x, tau, v_th), (x, tau, v_th), torch.ones_like(x))
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
     trace = RESULTS_DIR / f"alif_trace_{device_slug(device)}.json"
     prof.export_chrome_trace(str(trace))
     sort = "cuda_time_total" if device.type == "cuda" else "cpu_time_total"
     print(prof.key_averages().table(sort_by=sort, row_limit=12))
     print(f"trace: {trace} (open in chrome://tracing or ui.perfetto.dev)")
-    print("Nsight Compute on the kernels:\n  ncu --kernel-name regex:'alif_(fwd|bwd)_kernel|channel_sum_kernel' "
+    print("Nsight Compute on the kernels:\n  ncu --kernel-name regex:'alif_(fwd|bwd)_kernel|sum_partials_kernel|channel_' "
           f"--set full -o alif_ncu python bench/bench_alif.py --T {T} --N {N.bit_length() - 1} --dtypes float32 "
           "--providers alif_cuda --reps 1 --no-save")
 

@@ -2,8 +2,8 @@
 
     python bench/bench_alif_quick.py [--device cpu|cuda] [--T 8] [--reps 20]
 
-Times forward and forward+backward (median of --reps runs after warm-up; CUDA events on a GPU,
-perf_counter on the CPU) over a few neuron counts and prints a Markdown table with the speedup.
+Times forward and forward+backward (exactly the op: autograd.grad(out, inputs, grad_outputs);
+median of --reps runs after warm-up; CUDA events on a GPU, perf_counter on the CPU) over a few neuron counts and prints a Markdown table with the speedup.
 It also checks, on every size, that both providers give the same spikes.
 """
 import argparse
@@ -49,7 +49,7 @@ def main():
                             fn(x, tau, v_th)
                 else:
                     def run(fn=fn):
-                        torch.autograd.grad((fn(x, tau, v_th) * grad).sum(), (x, tau, v_th))
+                        torch.autograd.grad(fn(x, tau, v_th), (x, tau, v_th), grad)
                 row.append(time_ms(run, device, args.reps))
             print(f"| {n} | {mode} | {row[0]:.3f} | {row[1]:.3f} | {row[0] / row[1]:.1f}x |")
 

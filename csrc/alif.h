@@ -1,5 +1,10 @@
-// Shared by the CPU and CUDA implementations of the alif op family: the parameter struct, the
-// input checks (one place, so both backends say the same thing), and the per-step math.
+// The alif op family's one implementation of the neuron arithmetic, shared by the CPU and CUDA
+// kernels, plus the parameter struct and the host-side helpers both backends call.
+//
+// The per-neuron time loops (alif_fwd_neurons, alif_bwd_neurons) are templates over the value
+// type V: a scalar in a CUDA thread, Lanes<float, 4 or 8> when a CUDA thread owns the neurons of
+// one 16-byte access, at::vec::Vectorized<float/double> on the CPU. What each backend supplies is
+// a memory accessor (which neurons, loads and stores) and the reduction of the tau/v_th partials.
 #pragma once
 
 #include <ATen/core/Tensor.h>
@@ -13,13 +18,22 @@
 
 #ifdef __CUDACC__
 #define ALIF_HD __host__ __device__ __forceinline__
+#define ALIF_UNROLL _Pragma("unroll")
 #else
 #define ALIF_HD inline
+#define ALIF_UNROLL
 #endif
 
 namespace alif_cuda {
 
 enum class Surrogate : int { Rect = 0, Atan = 1 };
+
+// Steps the backward replays at once (held in registers on the GPU). For T > kChunk the forward
+// writes u at the end of every chunk but the last: (T - 1) / kChunk checkpoints, 4 / kChunk bytes
+// per neuron-step each way. alif_cuda/ops.py mirrors this constant for the fake kernel.
+constexpr int kChunk = 8;
+
+inline int64_t num_checkpoints(int64_t T) { return (T - 1) / kChunk; }
 
 // Geometry of one alif call. Neurons of one time step are laid out as (B, C, I): C is the channel
 // dim (dim 2 of x) when some parameter is per-channel, else C = 1 and I = N / B. A parameter that
@@ -47,34 +61,34 @@ AlifParams make_alif_fwd_params(const at::Tensor& x, const at::Tensor& tau,
                                 bool detach_reset, std::string_view surrogate, double width,
                                 double alpha);
 
-// The same for alif_bwd: geometry from x_static or grad_spikes, plus the backward-only options.
-AlifParams make_alif_bwd_params(const at::Tensor& grad_spikes,
-                                const std::optional<at::Tensor>& grad_u_last,
-                                const std::optional<at::Tensor>& h,
-                                const std::optional<at::Tensor>& x_static, const at::Tensor& tau,
+// The same for alif_bwd: geometry from x (and steps when static), gradients checked against it.
+AlifParams make_alif_bwd_params(const std::optional<at::Tensor>& grad_spikes,
+                                const std::optional<at::Tensor>& grad_u_last, const at::Tensor& x,
+                                const std::optional<at::Tensor>& u_ckpt,
+                                std::optional<int64_t> steps, const at::Tensor& tau,
                                 const at::Tensor& v_th, const std::optional<at::Tensor>& u0,
                                 std::string_view reset, bool detach_reset,
                                 std::string_view surrogate, double width, double alpha);
 
 struct AlifFwdOutputs {
-  at::Tensor spikes, u_last, h;
+  at::Tensor spikes, u_last, u_ckpt;
 };
 
-// Allocates alif_fwd's outputs (see the schema in ops.cpp).
-AlifFwdOutputs alloc_alif_fwd(const at::Tensor& x, const AlifParams& p, bool save_h);
+// Allocates alif_fwd's outputs (see the schema in ops.cpp); u_ckpt is empty unless checkpoint.
+AlifFwdOutputs alloc_alif_fwd(const at::Tensor& x, const AlifParams& p, bool checkpoint);
 
 // alif_bwd's inputs made contiguous (undefined when absent) and its dL/dx, dL/du0 outputs.
 struct AlifBwdBuffers {
-  at::Tensor grad_spikes, grad_u_last, h, x_static, u0, grad_x, grad_u0;
+  at::Tensor grad_spikes, grad_u_last, x, u_ckpt, u0, grad_x, grad_u0;
 };
 
-AlifBwdBuffers prepare_alif_bwd(const AlifParams& p, const at::Tensor& grad_spikes,
-                                const std::optional<at::Tensor>& grad_u_last,
-                                const std::optional<at::Tensor>& h,
-                                const std::optional<at::Tensor>& x_static,
+AlifBwdBuffers prepare_alif_bwd(const AlifParams& p, const std::optional<at::Tensor>& grad_spikes,
+                                const std::optional<at::Tensor>& grad_u_last, const at::Tensor& x,
+                                const std::optional<at::Tensor>& u_ckpt,
                                 const std::optional<at::Tensor>& u0, bool need_grad_u0);
 
-// dL/dparam from its per-channel sums (C,): summed to () for a scalar parameter, in its dtype.
+// dL/dparam from its per-channel sums (C,) in the math dtype: summed to () for a scalar
+// parameter, in the parameter's dtype.
 at::Tensor param_grad(const at::Tensor& channel_sums, const at::Tensor& param);
 
 // Shape of one time step of the output: x.shape[1:] for time-major x, x.shape for static x.
@@ -90,65 +104,241 @@ void bool_switch2(bool a, bool b, F&& f) {
   }
 }
 
-// ---- per-step math, identical on host and device -------------------------------------------
-// Written as separate multiply and add (and built without FMA contraction) so that h is bitwise
-// the value PyTorch's eager reference computes: spikes are then identical, not merely close.
-
-template <typename acc_t>
-ALIF_HD acc_t charge(acc_t tau, acc_t u_prev, acc_t x) {
-  return tau * u_prev + x;
+// Calls f(kSoft, kDetach, kRect, kStatic) with each as a std::bool_constant.
+template <typename F>
+void alif_flag_switch(const AlifParams& p, F&& f) {
+  bool_switch2(p.soft_reset, p.detach_reset, [&](auto soft, auto detach) {
+    bool_switch2(p.surrogate == Surrogate::Rect, p.static_x,
+                 [&](auto rect, auto stat) { f(soft, detach, rect, stat); });
+  });
 }
 
-// Branch-free (spikes and masks as 0/1 numbers): the CPU loops vectorise and no branch is
-// mispredicted on random data. u = h * (1 - o) and h - v_th * o are also exactly the reference's
-// expressions.
-template <typename acc_t>
-ALIF_HD acc_t spike_of(acc_t h, acc_t v_th) {
-  return h >= v_th ? acc_t(1) : acc_t(0);
-}
-
-template <typename acc_t>
-ALIF_HD acc_t reset_state(acc_t h, acc_t o, acc_t v_th, bool soft) {
-  return soft ? h - v_th * o : h * (acc_t(1) - o);
-}
-
-// u_t from h_t alone: the spike is recomputed with the same comparison the forward made.
-template <typename acc_t>
-ALIF_HD acc_t reset_after(acc_t h, acc_t v_th, bool soft) {
-  return reset_state(h, spike_of(h, v_th), v_th, soft);
-}
-
-template <typename acc_t>
-ALIF_HD acc_t surrogate_grad(acc_t d, Surrogate kind, acc_t width, acc_t alpha) {
-  if (kind == Surrogate::Rect) {
-    const acc_t half = width / acc_t(2);
-    return acc_t(d < half) * acc_t(d > -half) / width;
+// ---- value types --------------------------------------------------------------------------
+// L neurons of one thread, operated on lane by lane. The arithmetic is the scalar arithmetic,
+// lane by lane, so every instantiation rounds exactly like the scalar one.
+template <typename T, int L>
+struct Lanes {
+  T v[L];
+  Lanes() = default;
+  ALIF_HD explicit Lanes(T s) {
+    ALIF_UNROLL
+    for (int l = 0; l < L; ++l) v[l] = s;
   }
-  const acc_t z = acc_t(M_PI / 2) * alpha * d;
-  return (alpha / acc_t(2)) / (acc_t(1) + z * z);
-}
-
-// One step of BPTT, t from T-1 down to 0. In: h_t, u_{t-1}, g_t = dL/do_t, du = dL/du_t.
-// Out: dh = dL/dh_t, and the step's contributions to dL/dtau and dL/dv_th. The caller sets
-// du <- tau * dh for step t-1.
-template <typename acc_t>
-struct BpttStep {
-  acc_t dh, dtau, dvth;
 };
 
-template <typename acc_t>
-ALIF_HD BpttStep<acc_t> bptt_step(acc_t h, acc_t u_prev, acc_t g, acc_t du, acc_t v_th,
-                                  bool soft, bool detach, Surrogate kind, acc_t width,
-                                  acc_t alpha) {
-  const acc_t o = spike_of(h, v_th);
-  const acc_t s = surrogate_grad(h - v_th, kind, width, alpha);
-  const acc_t c = soft ? v_th : h;  // d u_t / d o_t = -c
-  const acc_t g_total = detach ? g : g - du * c;
-  BpttStep<acc_t> r;
-  r.dh = s * g_total + (soft ? du : du * (acc_t(1) - o));
-  r.dtau = r.dh * u_prev;
-  r.dvth = -s * g_total - (soft ? du * o : acc_t(0));
+#define ALIF_LANES_BINARY(op)                                                   \
+  template <typename T, int L>                                                  \
+  ALIF_HD Lanes<T, L> operator op(const Lanes<T, L>& a, const Lanes<T, L>& b) { \
+    Lanes<T, L> r;                                                              \
+    ALIF_UNROLL                                                                 \
+    for (int l = 0; l < L; ++l) r.v[l] = a.v[l] op b.v[l];                      \
+    return r;                                                                   \
+  }
+ALIF_LANES_BINARY(+)
+ALIF_LANES_BINARY(-)
+ALIF_LANES_BINARY(*)
+ALIF_LANES_BINARY(/)
+#undef ALIF_LANES_BINARY
+
+// Comparisons give 1 or 0 (in the value type), negation is exact: the same helpers exist for
+// scalars here and for at::vec::Vectorized in alif_cpu.cpp (its ge/lt/gt/neg members).
+template <typename T, std::enable_if_t<std::is_floating_point<T>::value, int> = 0>
+ALIF_HD T ge01(T a, T b) { return a >= b ? T(1) : T(0); }
+template <typename T, std::enable_if_t<std::is_floating_point<T>::value, int> = 0>
+ALIF_HD T lt01(T a, T b) { return a < b ? T(1) : T(0); }
+template <typename T, std::enable_if_t<std::is_floating_point<T>::value, int> = 0>
+ALIF_HD T gt01(T a, T b) { return a > b ? T(1) : T(0); }
+template <typename T, std::enable_if_t<std::is_floating_point<T>::value, int> = 0>
+ALIF_HD T neg(T a) { return -a; }
+
+#define ALIF_LANES_PRED(name)                                               \
+  template <typename T, int L>                                              \
+  ALIF_HD Lanes<T, L> name(const Lanes<T, L>& a, const Lanes<T, L>& b) {    \
+    Lanes<T, L> r;                                                          \
+    ALIF_UNROLL                                                             \
+    for (int l = 0; l < L; ++l) r.v[l] = name(a.v[l], b.v[l]);              \
+    return r;                                                               \
+  }
+ALIF_LANES_PRED(ge01)
+ALIF_LANES_PRED(lt01)
+ALIF_LANES_PRED(gt01)
+#undef ALIF_LANES_PRED
+
+template <typename T, int L>
+ALIF_HD Lanes<T, L> neg(const Lanes<T, L>& a) {
+  Lanes<T, L> r;
+  ALIF_UNROLL
+  for (int l = 0; l < L; ++l) r.v[l] = -a.v[l];
   return r;
+}
+
+// ---- the neuron arithmetic ------------------------------------------------------------------
+// Written as separate multiplies and adds (CUDA builds with --fmad=false; the CPU build has no
+// FMA contraction) so that h rounds exactly as PyTorch's eager reference computes it: spikes are
+// then identical to alif_ref, and the backward's replay reproduces the forward's h bit for bit.
+
+// Per-neuron constants of one call, broadcast into V.
+template <typename V>
+struct NeuronConsts {
+  V tau, v_th;
+  V zero, one;
+  V half, neg_half, inv_width;  // rect: s = 1(|d| < width/2) * (1/width)
+  V k, alpha_half;              // atan: s = (alpha/2) / (1 + (k d)^2), k = pi/2 * alpha
+};
+
+// Scalar surrogate constants in the math type, from the op's double options. (1/width) instead
+// of a division by width is bit-identical here: it multiplies an indicator that is 0 or 1.
+template <typename acc_t>
+struct SurrogateScalars {
+  acc_t half, inv_width, k, alpha_half;
+  ALIF_HD explicit SurrogateScalars(const AlifParams& p) {
+    const acc_t width = acc_t(p.width), alpha = acc_t(p.alpha);
+    half = width / acc_t(2);
+    inv_width = acc_t(1) / width;
+    k = acc_t(M_PI / 2) * alpha;
+    alpha_half = alpha / acc_t(2);
+  }
+};
+
+template <typename V, typename acc_t>
+ALIF_HD NeuronConsts<V> make_consts(const V& tau, const V& v_th, const SurrogateScalars<acc_t>& s) {
+  NeuronConsts<V> c;
+  c.tau = tau;
+  c.v_th = v_th;
+  c.zero = V(acc_t(0));
+  c.one = V(acc_t(1));
+  c.half = V(s.half);
+  c.neg_half = V(-s.half);
+  c.inv_width = V(s.inv_width);
+  c.k = V(s.k);
+  c.alpha_half = V(s.alpha_half);
+  return c;
+}
+
+// u_t from h_t: the reset, with the spike recomputed by the forward's own comparison.
+template <bool kSoft, typename V>
+ALIF_HD V reset_of(const V& h, const V& o, const NeuronConsts<V>& c) {
+  if constexpr (kSoft) {
+    return h - c.v_th * o;
+  } else {
+    return h * (c.one - o);
+  }
+}
+
+// One forward step: h_t = tau u_{t-1} + x_t, o_t = H(h_t - v_th), u updated in place; returns o_t.
+template <bool kSoft, typename V>
+ALIF_HD V fwd_step(V& u, const V& x, const NeuronConsts<V>& c) {
+  const V h = c.tau * u + x;
+  const V o = ge01(h, c.v_th);
+  u = reset_of<kSoft>(h, o, c);
+  return o;
+}
+
+template <bool kRect, typename V>
+ALIF_HD V surrogate_of(const V& d, const NeuronConsts<V>& c) {
+  if constexpr (kRect) {
+    return lt01(d, c.half) * gt01(d, c.neg_half) * c.inv_width;
+  } else {
+    const V z = c.k * d;
+    return c.alpha_half / (c.one + z * z);
+  }
+}
+
+// One step of BPTT at t (from T-1 down to 0), given h_t, u_{t-1} and g_t = dL/do_t; du holds
+// dL/du_t on entry and dL/du_{t-1} = tau dL/dh_t on return. Adds the step's dL/dtau and dL/dv_th
+// terms to dtau and dvth; returns dL/dh_t (= dL/dx_t).
+template <bool kSoft, bool kDetach, bool kRect, typename V>
+ALIF_HD V bptt_step(const V& h, const V& u_prev, const V& g, V& du, V& dtau, V& dvth,
+                    const NeuronConsts<V>& c) {
+  const V o = ge01(h, c.v_th);
+  const V s = surrogate_of<kRect>(h - c.v_th, c);
+  V g_total = g;  // dL/do_t through the spike output and, unless detached, the reset
+  if constexpr (!kDetach) g_total = g - du * (kSoft ? c.v_th : h);
+  V dh;
+  if constexpr (kSoft) {
+    dh = s * g_total + du;
+    dvth = dvth + (neg(s) * g_total - du * o);
+  } else {
+    dh = s * g_total + du * (c.one - o);
+    dvth = dvth + neg(s) * g_total;
+  }
+  dtau = dtau + dh * u_prev;
+  du = c.tau * dh;
+  return dh;
+}
+
+// ---- the per-neuron time loops ---------------------------------------------------------------
+// Mem is the backend's accessor for the neurons one V holds:
+//   V x(t)            input of step t (a static x: the same value for every t)
+//   V g(t)            dL/do_t (zero when grad_spikes is absent)
+//   V u0(), V grad_u_last(), V ckpt(i)             (zero when absent)
+//   void spikes(t, o), u_last(u), set_ckpt(i, u)   (set_ckpt a no-op when not checkpointing)
+//   void grad_x(t, dh), grad_x_static(sum), grad_u0(du)
+
+// The forward over all T steps. Step t+1's input is loaded before step t's arithmetic.
+template <bool kSoft, typename V, typename Mem>
+ALIF_HD void alif_fwd_neurons(Mem& m, const NeuronConsts<V>& c, int64_t T) {
+  V u = m.u0();
+  V x_next = m.x(0);
+  for (int64_t t = 0; t < T; ++t) {
+    const V x = x_next;
+    if (t + 1 < T) x_next = m.x(t + 1);
+    m.spikes(t, fwd_step<kSoft>(u, x, c));
+    if ((t + 1) % kChunk == 0 && t + 1 < T) m.set_ckpt((t + 1) / kChunk - 1, u);
+  }
+  m.u_last(u);
+}
+
+// BPTT over all T steps, one chunk of kChunk steps at a time from the last: the chunk's h is
+// replayed from x starting at the state entering it (u0, a forward checkpoint, or for a static x
+// a replay from u0: recomputation instead of memory), then walked backward. Per-neuron sums of
+// the dL/dtau and dL/dv_th terms are added to dtau and dvth.
+template <bool kSoft, bool kDetach, bool kRect, bool kStatic, typename V, typename Mem>
+ALIF_HD void alif_bwd_neurons(Mem& m, const NeuronConsts<V>& c, int64_t T, V& dtau, V& dvth) {
+  V du = m.grad_u_last();
+  V gx_sum = c.zero;
+  const V x_static = kStatic ? m.x(0) : c.zero;
+  for (int64_t t0 = (T - 1) / kChunk * kChunk; t0 >= 0; t0 -= kChunk) {
+    const int len = static_cast<int>(T - t0 < kChunk ? T - t0 : kChunk);
+    V u;
+    if constexpr (kStatic) {
+      u = m.u0();
+      for (int64_t t = 0; t < t0; ++t) fwd_step<kSoft>(u, x_static, c);
+    } else {
+      u = t0 == 0 ? m.u0() : m.ckpt(t0 / kChunk - 1);
+    }
+    const V u_start = u;
+    // All of the chunk's loads first, so they are in flight together.
+    V h[kChunk], g[kChunk];
+    ALIF_UNROLL
+    for (int k = 0; k < kChunk; ++k) {
+      if (k < len) {
+        h[k] = kStatic ? x_static : m.x(t0 + k);
+        g[k] = m.g(t0 + k);
+      }
+    }
+    ALIF_UNROLL
+    for (int k = 0; k < kChunk; ++k) {
+      if (k < len) {
+        h[k] = c.tau * u + h[k];
+        u = reset_of<kSoft>(h[k], ge01(h[k], c.v_th), c);
+      }
+    }
+    ALIF_UNROLL
+    for (int k = kChunk - 1; k >= 0; --k) {
+      if (k < len) {
+        const V u_prev = k > 0 ? reset_of<kSoft>(h[k - 1], ge01(h[k - 1], c.v_th), c) : u_start;
+        const V dh = bptt_step<kSoft, kDetach, kRect>(h[k], u_prev, g[k], du, dtau, dvth, c);
+        if constexpr (kStatic) {
+          gx_sum = gx_sum + dh;
+        } else {
+          m.grad_x(t0 + k, dh);
+        }
+      }
+    }
+  }
+  if constexpr (kStatic) m.grad_x_static(gx_sum);
+  m.grad_u0(du);
 }
 
 }  // namespace alif_cuda

@@ -1,20 +1,27 @@
-// CUDA kernels of the alif op family: float32, float16, bfloat16 (and float64) storage, math in
-// float (double for float64).
+// CUDA kernels of the alif op family: float32, float16, bfloat16 and float64 storage, math in
+// float (double for float64). The time loops are alif.h's, the ones the CPU tests run; this file
+// holds only the thread mapping, the loads and stores, and the tau/v_th reductions.
 //
-// Thread mapping: one thread per neuron, looping over T in registers. Step t of neuron n lives at
-// t * N + n, so a warp reads and writes 32 consecutive values per step (coalesced).
-// dL/dtau and dL/dv_th: each block reduces its threads' sums in a fixed order to one partial per
-// (channel, block); a second kernel adds a channel's partials in a fixed order. Deterministic, no
-// atomics.
+// Thread mapping: a thread owns L consecutive neurons, one 16-byte access per step (L = 4 for
+// float32, 8 for float16/bfloat16) when every pointer is 16-byte aligned and N % L == 0; else
+// (sliced, misaligned input, or float64) one neuron. Step t of neuron n lives at t * N + n, so a
+// warp's accesses of one step are contiguous. The forward loads step t+1 before step t's
+// arithmetic; the backward issues a whole chunk's loads (x and grad, 2 * kChunk accesses) before
+// replaying it.
+// dL/dtau, dL/dv_th, deterministic and without atomics: scalar parameters reduce per block in a
+// fixed order, then one small kernel adds the block partials in a fixed order; per-channel
+// parameters write per-neuron sums (8 bytes a neuron), which a grid of (slice, channel) blocks
+// reduces to partials and a last kernel adds per channel, all in a fixed order.
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
-#include <c10/cuda/CUDAException.h>
-#include <c10/cuda/CUDAStream.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/zeros.h>
+#include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
+#include <cstdint>
 #include <type_traits>
 
 #include "alif.h"
@@ -24,17 +31,133 @@ namespace {
 
 constexpr int kThreads = 256;
 constexpr int kWarps = kThreads / 32;
-// A static x saves no h: the backward recomputes h forward in chunks of this many steps held in
-// registers, walking each chunk backward (recomputation is ALU work; memory is read once).
-constexpr int kStaticChunk = 16;
+constexpr int kFinalThreads = 1024;
 constexpr int kMaxGridY = 65535;
+constexpr int64_t kSliceValues = 16 * kThreads;  // per-channel values one reduction block sums
 
 int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
+template <typename acc_t, int L>
+using value_t = std::conditional_t<L == 1, acc_t, Lanes<acc_t, L>>;
+
+// L values of T as one aligned access (16 bytes: one LDG.128/STG.128; 32 bytes of float
+// checkpoints for L = 8: two).
+template <typename T, int L>
+struct alignas(sizeof(T) * L >= 16 ? 16 : sizeof(T) * L) Pack {
+  T v[L];
+};
+
+template <int L, typename acc_t, typename T>
+__device__ __forceinline__ value_t<acc_t, L> load_v(const T* p) {
+  if constexpr (L == 1) {
+    return acc_t(*p);
+  } else {
+    const Pack<T, L> pk = *reinterpret_cast<const Pack<T, L>*>(p);
+    Lanes<acc_t, L> r;
+#pragma unroll
+    for (int l = 0; l < L; ++l) r.v[l] = acc_t(pk.v[l]);
+    return r;
+  }
+}
+
+template <int L, typename acc_t, typename T>
+__device__ __forceinline__ void store_v(T* p, const value_t<acc_t, L>& v) {
+  if constexpr (L == 1) {
+    *p = T(v);
+  } else {
+    Pack<T, L> pk;
+#pragma unroll
+    for (int l = 0; l < L; ++l) pk.v[l] = T(v.v[l]);
+    *reinterpret_cast<Pack<T, L>*>(p) = pk;
+  }
+}
+
+template <typename scalar_t>
+struct CudaPtrs {
+  using acc_t = at::opmath_type<scalar_t>;
+  const scalar_t* x = nullptr;
+  const scalar_t* u0 = nullptr;
+  const scalar_t* grad_spikes = nullptr;
+  const scalar_t* grad_u_last = nullptr;
+  const acc_t* tau = nullptr;
+  const acc_t* v_th = nullptr;
+  acc_t* u_ckpt = nullptr;
+  scalar_t* spikes = nullptr;
+  scalar_t* u_last = nullptr;
+  scalar_t* grad_x = nullptr;
+  scalar_t* grad_u0 = nullptr;
+  acc_t* dtau_n = nullptr;  // per-neuron sums, per-channel parameters only
+  acc_t* dvth_n = nullptr;
+};
+
+// The Mem accessor of alif.h for the L neurons [n, n + L) of one thread.
+template <typename scalar_t, int L, bool kStatic>
+struct CudaMem {
+  using acc_t = at::opmath_type<scalar_t>;
+  using V = value_t<acc_t, L>;
+  const CudaPtrs<scalar_t>& q;
+  int64_t N, n;
+
+  __device__ V zero() const { return V(acc_t(0)); }
+  __device__ V x(int64_t t) const { return load_v<L, acc_t>(q.x + (kStatic ? 0 : t * N) + n); }
+  __device__ V g(int64_t t) const {
+    return q.grad_spikes ? load_v<L, acc_t>(q.grad_spikes + t * N + n) : zero();
+  }
+  __device__ V u0() const { return q.u0 ? load_v<L, acc_t>(q.u0 + n) : zero(); }
+  __device__ V grad_u_last() const {
+    return q.grad_u_last ? load_v<L, acc_t>(q.grad_u_last + n) : zero();
+  }
+  __device__ V ckpt(int64_t i) const { return load_v<L, acc_t>(q.u_ckpt + i * N + n); }
+  __device__ void spikes(int64_t t, const V& o) const { store_v<L, acc_t>(q.spikes + t * N + n, o); }
+  __device__ void u_last(const V& u) const { store_v<L, acc_t>(q.u_last + n, u); }
+  __device__ void set_ckpt(int64_t i, const V& u) const {
+    if (q.u_ckpt) store_v<L, acc_t>(q.u_ckpt + i * N + n, u);
+  }
+  __device__ void grad_x(int64_t t, const V& dh) const {
+    store_v<L, acc_t>(q.grad_x + t * N + n, dh);
+  }
+  __device__ void grad_x_static(const V& s) const { store_v<L, acc_t>(q.grad_x + n, s); }
+  __device__ void grad_u0(const V& du) const {
+    if (q.grad_u0) store_v<L, acc_t>(q.grad_u0 + n, du);
+  }
+};
+
+// tau or v_th of the thread's L lanes: channel (n / I) % C per lane.
+template <int L, typename acc_t>
+__device__ __forceinline__ value_t<acc_t, L> lane_param(const AlifParams& p, const acc_t* values,
+                                                        bool per_channel, int64_t n) {
+  if constexpr (L == 1) {
+    return values[per_channel ? (n / p.I) % p.C : 0];
+  } else {
+    Lanes<acc_t, L> r;
+#pragma unroll
+    for (int l = 0; l < L; ++l) r.v[l] = values[per_channel ? ((n + l) / p.I) % p.C : 0];
+    return r;
+  }
+}
+
+template <typename scalar_t, int L>
+__device__ __forceinline__ NeuronConsts<value_t<at::opmath_type<scalar_t>, L>> thread_consts(
+    const AlifParams& p, const CudaPtrs<scalar_t>& q, int64_t n) {
+  using acc_t = at::opmath_type<scalar_t>;
+  return make_consts(lane_param<L>(p, q.tau, p.tau_per_channel, n),
+                     lane_param<L>(p, q.v_th, p.vth_per_channel, n), SurrogateScalars<acc_t>(p));
+}
+
+template <typename scalar_t, int L, bool kSoft, bool kStatic>
+__global__ void __launch_bounds__(kThreads)
+    alif_fwd_kernel(const AlifParams p, const CudaPtrs<scalar_t> q) {
+  const int64_t n = (blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x) * L;
+  if (n >= p.N) return;
+  const CudaMem<scalar_t, L, kStatic> m{q, p.N, n};
+  alif_fwd_neurons<kSoft>(m, thread_consts<scalar_t, L>(p, q, n), p.T);
+}
+
 // Sums a and b over the block in a fixed order; thread 0 gets the totals.
-template <typename acc_t>
+template <typename acc_t, int kBlockThreads>
 __device__ void block_sum2(acc_t& a, acc_t& b) {
-  __shared__ acc_t sa[kWarps], sb[kWarps];
+  constexpr int kBlockWarps = kBlockThreads / 32;
+  __shared__ acc_t sa[kBlockWarps], sb[kBlockWarps];
   for (int offset = 16; offset > 0; offset >>= 1) {
     a += __shfl_down_sync(0xffffffffu, a, offset);
     b += __shfl_down_sync(0xffffffffu, b, offset);
@@ -45,155 +168,154 @@ __device__ void block_sum2(acc_t& a, acc_t& b) {
     sb[warp] = b;
   }
   __syncthreads();
-  if (threadIdx.x == 0) {
-    for (int w = 1; w < kWarps; ++w) {
-      a += sa[w];
-      b += sb[w];
+  if (warp == 0) {
+    a = lane < kBlockWarps ? sa[lane] : acc_t(0);
+    b = lane < kBlockWarps ? sb[lane] : acc_t(0);
+    for (int offset = 16; offset > 0; offset >>= 1) {
+      a += __shfl_down_sync(0xffffffffu, a, offset);
+      b += __shfl_down_sync(0xffffffffu, b, offset);
     }
   }
   __syncthreads();  // the shared arrays may be reused by the caller's next iteration
 }
 
-template <typename scalar_t, bool kSoft, bool kStatic>
+// partials: (2, gridDim.x) block sums of dtau and dv_th (scalar parameters only).
+template <typename scalar_t, int L, bool kSoft, bool kDetach, bool kRect, bool kStatic>
 __global__ void __launch_bounds__(kThreads)
-    alif_fwd_kernel(AlifParams p, const scalar_t* __restrict__ x,
-                    const at::opmath_type<scalar_t>* __restrict__ tau,
-                    const at::opmath_type<scalar_t>* __restrict__ v_th,
-                    const scalar_t* __restrict__ u0, scalar_t* __restrict__ spikes,
-                    scalar_t* __restrict__ u_last, at::opmath_type<scalar_t>* __restrict__ h_out) {
+    alif_bwd_kernel(const AlifParams p, const CudaPtrs<scalar_t> q,
+                    at::opmath_type<scalar_t>* __restrict__ partials) {
   using acc_t = at::opmath_type<scalar_t>;
-  const int64_t n = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
-  if (n >= p.N) return;
-  const int64_t c = (n / p.I) % p.C;
-  const acc_t tau_n = tau[p.tau_per_channel ? c : 0];
-  const acc_t vth_n = v_th[p.vth_per_channel ? c : 0];
-  const acc_t x_static = kStatic ? acc_t(x[n]) : acc_t(0);
-  acc_t u = u0 ? acc_t(u0[n]) : acc_t(0);
-  for (int64_t t = 0; t < p.T; ++t) {
-    const int64_t idx = t * p.N + n;
-    const acc_t h = charge(tau_n, u, kStatic ? x_static : acc_t(x[idx]));
-    const acc_t o = spike_of(h, vth_n);
-    spikes[idx] = scalar_t(o);
-    if (h_out) h_out[idx] = h;
-    u = reset_state(h, o, vth_n, kSoft);
-  }
-  u_last[n] = scalar_t(u);
-}
-
-template <typename scalar_t, bool kSoft, bool kStatic>
-__global__ void __launch_bounds__(kThreads)
-    alif_bwd_kernel(AlifParams p, const scalar_t* __restrict__ grad_spikes,
-                    const scalar_t* __restrict__ grad_u_last,
-                    const at::opmath_type<scalar_t>* __restrict__ h_saved,
-                    const scalar_t* __restrict__ x_static,
-                    const at::opmath_type<scalar_t>* __restrict__ tau,
-                    const at::opmath_type<scalar_t>* __restrict__ v_th,
-                    const scalar_t* __restrict__ u0, scalar_t* __restrict__ grad_x,
-                    scalar_t* __restrict__ grad_u0, at::opmath_type<scalar_t>* __restrict__ partials) {
-  using acc_t = at::opmath_type<scalar_t>;
-  const acc_t width = acc_t(p.width), alpha = acc_t(p.alpha);
-  // Partials are laid out (2, C, gridDim.x): dtau first, then dv_th.
-  const int64_t n_partials = p.C * gridDim.x;
-  // Blocks of one blockIdx.y walk channels c; inside a channel, j enumerates its (b, i) neurons.
-  for (int64_t c = blockIdx.y; c < p.C; c += gridDim.y) {
-    const int64_t j = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
-    acc_t dtau = 0, dvth = 0;
-    if (j < p.B * p.I) {
-      const int64_t n = ((j / p.I) * p.C + c) * p.I + j % p.I;
-      const acc_t tau_n = tau[p.tau_per_channel ? c : 0];
-      const acc_t vth_n = v_th[p.vth_per_channel ? c : 0];
-      const acc_t u_init = u0 ? acc_t(u0[n]) : acc_t(0);
-      acc_t du = grad_u_last ? acc_t(grad_u_last[n]) : acc_t(0);
-      // One BPTT step at t, given h_t and u_{t-1}; returns dL/dh_t.
-      auto step = [&](int64_t t, acc_t h, acc_t u_prev) {
-        const auto r = bptt_step(h, u_prev, acc_t(grad_spikes[t * p.N + n]), du, vth_n, kSoft,
-                                 p.detach_reset, p.surrogate, width, alpha);
-        dtau += r.dtau;
-        dvth += r.dvth;
-        du = tau_n * r.dh;
-        return r.dh;
-      };
-      if constexpr (kStatic) {
-        const acc_t xv = acc_t(x_static[n]);
-        acc_t gx = 0;
-        for (int64_t t1 = p.T; t1 > 0; t1 -= kStaticChunk) {
-          const int64_t t0 = t1 > kStaticChunk ? t1 - kStaticChunk : 0;
-          acc_t u = u_init;
-          for (int64_t t = 0; t < t0; ++t) {
-            const acc_t h = charge(tau_n, u, xv);
-            u = reset_after(h, vth_n, kSoft);
-          }
-          const acc_t u_start = u;
-          acc_t hist[kStaticChunk];
+  using V = value_t<acc_t, L>;
+  const int64_t n = (blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x) * L;
+  const bool per_channel = p.tau_per_channel || p.vth_per_channel;
+  acc_t a = 0, b = 0;
+  if (n < p.N) {
+    const CudaMem<scalar_t, L, kStatic> m{q, p.N, n};
+    V dtau = m.zero(), dvth = m.zero();
+    alif_bwd_neurons<kSoft, kDetach, kRect, kStatic>(m, thread_consts<scalar_t, L>(p, q, n), p.T,
+                                                     dtau, dvth);
+    if (per_channel) {
+      store_v<L, acc_t>(q.dtau_n + n, dtau);
+      store_v<L, acc_t>(q.dvth_n + n, dvth);
+    } else if constexpr (L == 1) {
+      a = dtau;
+      b = dvth;
+    } else {
 #pragma unroll
-          for (int k = 0; k < kStaticChunk; ++k) {
-            if (t0 + k < t1) {
-              hist[k] = charge(tau_n, u, xv);
-              u = reset_after(hist[k], vth_n, kSoft);
-            }
-          }
-#pragma unroll
-          for (int k = kStaticChunk - 1; k >= 0; --k) {
-            if (t0 + k < t1) {
-              const acc_t u_prev =
-                  k > 0 ? reset_after(hist[k - 1], vth_n, kSoft) : u_start;
-              gx += step(t0 + k, hist[k], u_prev);
-            }
-          }
-        }
-        grad_x[n] = scalar_t(gx);
-      } else {
-        acc_t h = h_saved[(p.T - 1) * p.N + n];
-        for (int64_t t = p.T - 1; t >= 0; --t) {
-          acc_t u_prev = u_init, h_prev = 0;
-          if (t > 0) {
-            h_prev = h_saved[(t - 1) * p.N + n];
-            u_prev = reset_after(h_prev, vth_n, kSoft);
-          }
-          grad_x[t * p.N + n] = scalar_t(step(t, h, u_prev));
-          h = h_prev;
-        }
+      for (int l = 0; l < L; ++l) {
+        a += dtau.v[l];
+        b += dvth.v[l];
       }
-      if (grad_u0) grad_u0[n] = scalar_t(du);
     }
-    block_sum2(dtau, dvth);
-    if (threadIdx.x == 0) {
-      partials[c * gridDim.x + blockIdx.x] = dtau;
-      partials[n_partials + c * gridDim.x + blockIdx.x] = dvth;
-    }
+  }
+  if (per_channel) return;  // uniform over the grid: no thread waits in block_sum2 alone
+  block_sum2<acc_t, kThreads>(a, b);
+  if (threadIdx.x == 0) {
+    partials[blockIdx.x] = a;
+    partials[gridDim.x + blockIdx.x] = b;
   }
 }
 
-// out[k, c] = sum over b of partials[k, c, b], k in {dtau, dv_th}, in a fixed order.
+// out_a[0], out_b[0] = the sums of the (2, count) partials, in a fixed order: one block.
+template <typename acc_t>
+__global__ void __launch_bounds__(kFinalThreads)
+    sum_partials_kernel(const acc_t* __restrict__ partials, int64_t count, acc_t* __restrict__ out_a,
+                        acc_t* __restrict__ out_b) {
+  acc_t a = 0, b = 0;
+  for (int64_t i = threadIdx.x; i < count; i += blockDim.x) {
+    a += partials[i];
+    b += partials[count + i];
+  }
+  block_sum2<acc_t, kFinalThreads>(a, b);
+  if (threadIdx.x == 0) {
+    *out_a = a;
+    *out_b = b;
+  }
+}
+
+// Per-channel, first pass: block (s, c) sums slice s of channel c's B * I per-neuron values
+// into partials (2, C, slices).
 template <typename acc_t>
 __global__ void __launch_bounds__(kThreads)
-    channel_sum_kernel(const acc_t* __restrict__ partials, int64_t C, int64_t blocks,
-                       acc_t* __restrict__ out) {
-  for (int64_t c = blockIdx.x; c < C; c += gridDim.x) {
-    const acc_t* row_tau = partials + c * blocks;
-    const acc_t* row_vth = partials + (C + c) * blocks;
+    channel_slices_kernel(const AlifParams p, const acc_t* __restrict__ dtau_n,
+                          const acc_t* __restrict__ dvth_n, int64_t slices,
+                          acc_t* __restrict__ partials) {
+  const int64_t per_channel = p.B * p.I;
+  for (int64_t c = blockIdx.y; c < p.C; c += gridDim.y) {
+    const int64_t j0 = blockIdx.x * kSliceValues;
+    const int64_t j1 = j0 + kSliceValues < per_channel ? j0 + kSliceValues : per_channel;
     acc_t a = 0, b = 0;
-    for (int64_t i = threadIdx.x; i < blocks; i += blockDim.x) {
-      a += row_tau[i];
-      b += row_vth[i];
+    for (int64_t j = j0 + threadIdx.x; j < j1; j += blockDim.x) {
+      const int64_t n = ((j / p.I) * p.C + c) * p.I + j % p.I;
+      a += dtau_n[n];
+      b += dvth_n[n];
     }
-    block_sum2(a, b);
+    block_sum2<acc_t, kThreads>(a, b);
     if (threadIdx.x == 0) {
-      out[c] = a;
-      out[C + c] = b;
+      partials[c * slices + blockIdx.x] = a;
+      partials[(p.C + c) * slices + blockIdx.x] = b;
     }
   }
+}
+
+// Per-channel, second pass: out_a[c], out_b[c] = the sums of channel c's slice partials.
+template <typename acc_t>
+__global__ void __launch_bounds__(kThreads)
+    channel_final_kernel(const acc_t* __restrict__ partials, int64_t C, int64_t slices,
+                         acc_t* __restrict__ out_a, acc_t* __restrict__ out_b) {
+  for (int64_t c = blockIdx.x; c < C; c += gridDim.x) {
+    acc_t a = 0, b = 0;
+    for (int64_t i = threadIdx.x; i < slices; i += blockDim.x) {
+      a += partials[c * slices + i];
+      b += partials[(C + c) * slices + i];
+    }
+    block_sum2<acc_t, kThreads>(a, b);
+    if (threadIdx.x == 0) {
+      out_a[c] = a;
+      out_b[c] = b;
+    }
+  }
+}
+
+bool aligned16(const void* ptr) { return reinterpret_cast<std::uintptr_t>(ptr) % 16 == 0; }
+
+// The 16-byte path's lane count for this storage type (1: none).
+template <typename scalar_t>
+constexpr int vector_lanes() {
+  return std::is_same_v<scalar_t, double> ? 1 : 16 / static_cast<int>(sizeof(scalar_t));
+}
+
+// True when every pointer the kernels touch allows 16-byte accesses of L neurons.
+template <typename scalar_t>
+bool can_vectorize(const AlifParams& p, const CudaPtrs<scalar_t>& q, int L) {
+  if (L == 1 || p.N % L != 0) return false;
+  const void* ptrs[] = {q.x, q.u0, q.grad_spikes, q.grad_u_last, q.u_ckpt, q.spikes,
+                        q.u_last, q.grad_x, q.grad_u0, q.dtau_n, q.dvth_n};
+  for (const void* ptr : ptrs) {
+    if (ptr != nullptr && !aligned16(ptr)) return false;
+  }
+  return true;
+}
+
+template <typename T>
+const T* ptr_or_null(const at::Tensor& t) {
+  return t.defined() && t.numel() ? t.data_ptr<T>() : nullptr;
+}
+
+template <typename T>
+T* mut_ptr_or_null(const at::Tensor& t) {
+  return t.defined() && t.numel() ? t.data_ptr<T>() : nullptr;
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> alif_fwd_cuda(
     const at::Tensor& x, const at::Tensor& tau, const at::Tensor& v_th,
     const std::optional<at::Tensor>& u0, std::optional<int64_t> steps, std::string_view reset,
-    bool save_h, bool detach_reset, std::string_view surrogate, double width, double alpha) {
+    bool checkpoint, bool detach_reset, std::string_view surrogate, double width, double alpha) {
   const AlifParams p = make_alif_fwd_params(x, tau, v_th, u0, steps, reset, detach_reset,
                                             surrogate, width, alpha);
   const c10::cuda::OptionalCUDAGuard guard(x.device());
-  AlifFwdOutputs out = alloc_alif_fwd(x, p, save_h);
-  if (p.N == 0) return {out.spikes, out.u_last, out.h};
+  AlifFwdOutputs out = alloc_alif_fwd(x, p, checkpoint);
+  if (p.N == 0) return {out.spikes, out.u_last, out.u_ckpt};
   const at::Tensor xc = x.contiguous();
   const at::Tensor u0c = u0.has_value() ? u0->contiguous() : at::Tensor();
   const auto stream = c10::cuda::getCurrentCUDAStream();
@@ -201,66 +323,109 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> alif_fwd_cuda(
     using acc_t = at::opmath_type<scalar_t>;
     const auto acc = c10::CppTypeToScalarType<acc_t>::value;
     const at::Tensor tau_c = tau.to(acc).contiguous(), vth_c = v_th.to(acc).contiguous();
-    bool_switch2(p.soft_reset, p.static_x, [&](auto soft, auto stat) {
-      alif_fwd_kernel<scalar_t, decltype(soft)::value, decltype(stat)::value>
-          <<<ceil_div(p.N, kThreads), kThreads, 0, stream>>>(
-              p, xc.data_ptr<scalar_t>(), tau_c.data_ptr<acc_t>(), vth_c.data_ptr<acc_t>(),
-              u0c.defined() ? u0c.data_ptr<scalar_t>() : nullptr,
-              out.spikes.data_ptr<scalar_t>(), out.u_last.data_ptr<scalar_t>(),
-              out.h.numel() ? out.h.data_ptr<acc_t>() : nullptr);
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
-    });
+    CudaPtrs<scalar_t> q;
+    q.x = xc.data_ptr<scalar_t>();
+    q.u0 = ptr_or_null<scalar_t>(u0c);
+    q.tau = tau_c.data_ptr<acc_t>();
+    q.v_th = vth_c.data_ptr<acc_t>();
+    q.u_ckpt = mut_ptr_or_null<acc_t>(out.u_ckpt);
+    q.spikes = out.spikes.data_ptr<scalar_t>();
+    q.u_last = out.u_last.data_ptr<scalar_t>();
+    constexpr int kL = vector_lanes<scalar_t>();
+    auto launch = [&](auto lanes) {
+      constexpr int L = decltype(lanes)::value;
+      bool_switch2(p.soft_reset, p.static_x, [&](auto soft, auto stat) {
+        alif_fwd_kernel<scalar_t, L, decltype(soft)::value, decltype(stat)::value>
+            <<<ceil_div(p.N, kThreads * L), kThreads, 0, stream>>>(p, q);
+        C10_CUDA_KERNEL_LAUNCH_CHECK();
+      });
+    };
+    if (can_vectorize(p, q, kL)) {
+      launch(std::integral_constant<int, kL>{});
+    } else {
+      launch(std::integral_constant<int, 1>{});
+    }
   });
-  return {out.spikes, out.u_last, out.h};
+  return {out.spikes, out.u_last, out.u_ckpt};
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> alif_bwd_cuda(
-    const at::Tensor& grad_spikes, const std::optional<at::Tensor>& grad_u_last,
-    const std::optional<at::Tensor>& h, const std::optional<at::Tensor>& x_static,
+    const std::optional<at::Tensor>& grad_spikes, const std::optional<at::Tensor>& grad_u_last,
+    const at::Tensor& x, const std::optional<at::Tensor>& u_ckpt, std::optional<int64_t> steps,
     const at::Tensor& tau, const at::Tensor& v_th, const std::optional<at::Tensor>& u0,
     std::string_view reset, bool detach_reset, std::string_view surrogate, double width,
     double alpha, bool need_grad_u0) {
-  const AlifParams p = make_alif_bwd_params(grad_spikes, grad_u_last, h, x_static, tau, v_th, u0,
-                                            reset, detach_reset, surrogate, width, alpha);
-  const c10::cuda::OptionalCUDAGuard guard(grad_spikes.device());
+  const AlifParams p = make_alif_bwd_params(grad_spikes, grad_u_last, x, u_ckpt, steps, tau, v_th,
+                                            u0, reset, detach_reset, surrogate, width, alpha);
+  const c10::cuda::OptionalCUDAGuard guard(x.device());
   const AlifBwdBuffers buf =
-      prepare_alif_bwd(p, grad_spikes, grad_u_last, h, x_static, u0, need_grad_u0);
-  const at::Tensor &g = buf.grad_spikes, &gu = buf.grad_u_last, &hc = buf.h, &xs = buf.x_static,
-                   &u0c = buf.u0, &grad_x = buf.grad_x, &grad_u0 = buf.grad_u0;
+      prepare_alif_bwd(p, grad_spikes, grad_u_last, x, u_ckpt, u0, need_grad_u0);
   const auto stream = c10::cuda::getCurrentCUDAStream();
+  const bool per_channel = p.tau_per_channel || p.vth_per_channel;
   at::Tensor grad_tau, grad_vth;
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, g.scalar_type(), "alif_bwd_cuda", [&] {
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "alif_bwd_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    const auto acc_opts = g.options().dtype(c10::CppTypeToScalarType<acc_t>::value);
+    const auto acc_opts = x.options().dtype(c10::CppTypeToScalarType<acc_t>::value);
     const at::Tensor tau_c = tau.to(acc_opts.dtype()).contiguous();
     const at::Tensor vth_c = v_th.to(acc_opts.dtype()).contiguous();
-    const int64_t blocks = ceil_div(p.B * p.I, kThreads);
-    at::Tensor partials = at::empty({2, p.C, blocks}, acc_opts);
-    const bool launch = blocks > 0 && p.C > 0;
     // With no neurons the sums are zero; otherwise the kernels write every entry.
-    at::Tensor sums = launch ? at::empty({2, p.C}, acc_opts) : at::zeros({2, p.C}, acc_opts);
-    if (launch) {
-      const dim3 grid(blocks, std::min<int64_t>(p.C, kMaxGridY));
-      bool_switch2(p.soft_reset, p.static_x, [&](auto soft, auto stat) {
-        alif_bwd_kernel<scalar_t, decltype(soft)::value, decltype(stat)::value>
-            <<<grid, kThreads, 0, stream>>>(
-                p, g.data_ptr<scalar_t>(), gu.defined() ? gu.data_ptr<scalar_t>() : nullptr,
-                hc.defined() ? hc.data_ptr<acc_t>() : nullptr,
-                xs.defined() ? xs.data_ptr<scalar_t>() : nullptr, tau_c.data_ptr<acc_t>(),
-                vth_c.data_ptr<acc_t>(), u0c.defined() ? u0c.data_ptr<scalar_t>() : nullptr,
-                grad_x.data_ptr<scalar_t>(),
-                grad_u0.numel() ? grad_u0.data_ptr<scalar_t>() : nullptr,
-                partials.data_ptr<acc_t>());
+    const bool empty = p.N == 0;
+    at::Tensor sum_tau = empty ? at::zeros({p.C}, acc_opts) : at::empty({p.C}, acc_opts);
+    at::Tensor sum_vth = empty ? at::zeros({p.C}, acc_opts) : at::empty({p.C}, acc_opts);
+    if (!empty) {
+      at::Tensor per_neuron = per_channel ? at::empty({2, p.N}, acc_opts) : at::Tensor();
+      CudaPtrs<scalar_t> q;
+      q.x = buf.x.data_ptr<scalar_t>();
+      q.u0 = ptr_or_null<scalar_t>(buf.u0);
+      q.grad_spikes = ptr_or_null<scalar_t>(buf.grad_spikes);
+      q.grad_u_last = ptr_or_null<scalar_t>(buf.grad_u_last);
+      q.tau = tau_c.data_ptr<acc_t>();
+      q.v_th = vth_c.data_ptr<acc_t>();
+      q.u_ckpt = mut_ptr_or_null<acc_t>(buf.u_ckpt);
+      q.grad_x = buf.grad_x.data_ptr<scalar_t>();
+      q.grad_u0 = mut_ptr_or_null<scalar_t>(buf.grad_u0);
+      q.dtau_n = per_channel ? per_neuron.data_ptr<acc_t>() : nullptr;
+      q.dvth_n = per_channel ? per_neuron.data_ptr<acc_t>() + p.N : nullptr;
+      constexpr int kL = vector_lanes<scalar_t>();
+      const int L = can_vectorize(p, q, kL) ? kL : 1;
+      const int64_t blocks = ceil_div(p.N, kThreads * L);
+      at::Tensor partials = per_channel ? at::Tensor() : at::empty({2, blocks}, acc_opts);
+      acc_t* partials_p = per_channel ? nullptr : partials.data_ptr<acc_t>();
+      auto launch = [&](auto lanes) {
+        constexpr int kLanes = decltype(lanes)::value;
+        alif_flag_switch(p, [&](auto soft, auto detach, auto rect, auto stat) {
+          alif_bwd_kernel<scalar_t, kLanes, decltype(soft)::value, decltype(detach)::value,
+                          decltype(rect)::value, decltype(stat)::value>
+              <<<blocks, kThreads, 0, stream>>>(p, q, partials_p);
+          C10_CUDA_KERNEL_LAUNCH_CHECK();
+        });
+      };
+      if (L == kL) {
+        launch(std::integral_constant<int, kL>{});
+      } else {
+        launch(std::integral_constant<int, 1>{});
+      }
+      if (!per_channel) {
+        sum_partials_kernel<acc_t><<<1, kFinalThreads, 0, stream>>>(
+            partials_p, blocks, sum_tau.data_ptr<acc_t>(), sum_vth.data_ptr<acc_t>());
         C10_CUDA_KERNEL_LAUNCH_CHECK();
-      });
-      channel_sum_kernel<acc_t><<<std::min<int64_t>(p.C, kMaxGridY), kThreads, 0, stream>>>(
-          partials.data_ptr<acc_t>(), p.C, blocks, sums.data_ptr<acc_t>());
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
+      } else {
+        const int64_t slices = ceil_div(p.B * p.I, kSliceValues);
+        at::Tensor slice_partials = at::empty({2, p.C, slices}, acc_opts);
+        const dim3 grid(slices, std::min<int64_t>(p.C, kMaxGridY));
+        channel_slices_kernel<acc_t><<<grid, kThreads, 0, stream>>>(
+            p, q.dtau_n, q.dvth_n, slices, slice_partials.data_ptr<acc_t>());
+        C10_CUDA_KERNEL_LAUNCH_CHECK();
+        channel_final_kernel<acc_t><<<std::min<int64_t>(p.C, kMaxGridY), kThreads, 0, stream>>>(
+            slice_partials.data_ptr<acc_t>(), p.C, slices, sum_tau.data_ptr<acc_t>(),
+            sum_vth.data_ptr<acc_t>());
+        C10_CUDA_KERNEL_LAUNCH_CHECK();
+      }
     }
-    grad_tau = param_grad(sums[0], tau);
-    grad_vth = param_grad(sums[1], v_th);
+    grad_tau = param_grad(sum_tau, tau);
+    grad_vth = param_grad(sum_vth, v_th);
   });
-  return {grad_x, grad_tau, grad_vth, grad_u0};
+  return {buf.grad_x, grad_tau, grad_vth, buf.grad_u0};
 }
 
 }  // namespace

@@ -1,10 +1,19 @@
-// Op schemas of the alif_cuda library and the argument checks every backend shares. The kernels
-// live in <op>_cpu.cpp and <op>_cuda.cu; fake kernels and autograd in alif_cuda/ops.py.
+// Op schemas of the alif_cuda library, the argument checks every backend shares, and the ops'
+// autograd (C++, for the Autograd key). The kernels live in <op>_cpu.cpp and <op>_cuda.cu (the
+// saved-h fallback in alif_legacy_*); fake kernels in alif_cuda/ops.py.
 #include <Python.h>
 #include <ATen/ops/empty.h>
+#include <ATen/ops/zeros.h>
+#include <torch/autograd.h>
 #include <torch/library.h>
 
+#include <cctype>
+#include <cstdlib>
+#include <functional>
+#include <utility>
+
 #include "alif.h"
+#include "alif_legacy.h"
 #include "taid.h"
 
 namespace alif_cuda {
@@ -124,14 +133,101 @@ AlifParams make_alif_fwd_params(const at::Tensor& x, const at::Tensor& tau,
   return p;
 }
 
-AlifParams make_alif_bwd_params(const at::Tensor& grad_spikes,
+namespace {
+
+// Checks an optional per-step tensor (grad_u_last) or sequence tensor (grad_spikes) against x.
+void check_like_x(const char* who, const char* name, const at::Tensor& t,
+                  const std::vector<int64_t>& shape, const at::Tensor& x) {
+  TORCH_CHECK(t.sizes().vec() == shape && t.scalar_type() == x.scalar_type() &&
+                  t.device() == x.device(),
+              who, ": ", name, " must be ", x.scalar_type(), " of shape ", shape_str(shape), " on ",
+              x.device(), ", got ", t.scalar_type(), " of shape ", shape_str(t.sizes()), " on ",
+              t.device());
+}
+
+at::ScalarType state_dtype_of(at::ScalarType t) {
+  return t == at::kDouble ? at::kDouble : at::kFloat;
+}
+
+std::vector<int64_t> seq_shape_of(const AlifParams& p, const std::vector<int64_t>& step) {
+  auto seq = step;
+  seq.insert(seq.begin(), p.T);
+  return seq;
+}
+
+}  // namespace
+
+AlifParams make_alif_bwd_params(const std::optional<at::Tensor>& grad_spikes,
+                                const std::optional<at::Tensor>& grad_u_last, const at::Tensor& x,
+                                const std::optional<at::Tensor>& u_ckpt,
+                                std::optional<int64_t> steps, const at::Tensor& tau,
+                                const at::Tensor& v_th, const std::optional<at::Tensor>& u0,
+                                std::string_view reset, bool detach_reset,
+                                std::string_view surrogate, double width, double alpha) {
+  const char* who = "alif_bwd";
+  AlifParams p = make_alif_params(who, x, steps, tau, v_th, u0, reset);
+  const auto step = step_shape(x, p.static_x);
+  if (grad_spikes.has_value()) check_like_x(who, "grad_spikes", *grad_spikes, seq_shape_of(p, step), x);
+  if (grad_u_last.has_value()) check_like_x(who, "grad_u_last", *grad_u_last, step, x);
+  const int64_t n_ckpt = p.static_x ? 0 : num_checkpoints(p.T);
+  if (n_ckpt > 0) {
+    auto expected = step;
+    expected.insert(expected.begin(), n_ckpt);
+    const auto dtype = state_dtype_of(x.scalar_type());
+    TORCH_CHECK(u_ckpt.has_value() && u_ckpt->sizes().vec() == expected &&
+                    u_ckpt->scalar_type() == dtype && u_ckpt->device() == x.device(),
+                who, ": for T = ", p.T, " > ", kChunk, " the backward needs alif_fwd's u_ckpt (",
+                dtype, " of shape ", shape_str(expected), " on ", x.device(),
+                ", from alif_fwd with checkpoint=True), got ",
+                u_ckpt.has_value() ? shape_str(u_ckpt->sizes()) : std::string("None"));
+  }
+  p.detach_reset = detach_reset;
+  set_surrogate(p, surrogate, width, alpha);
+  return p;
+}
+
+AlifFwdOutputs alloc_alif_fwd(const at::Tensor& x, const AlifParams& p, bool checkpoint) {
+  const auto step = step_shape(x, p.static_x);
+  AlifFwdOutputs out;
+  out.spikes = at::empty(seq_shape_of(p, step), x.options());
+  out.u_last = at::empty(step, x.options());
+  const int64_t n_ckpt = checkpoint && !p.static_x ? num_checkpoints(p.T) : 0;
+  auto ckpt_shape = step;
+  ckpt_shape.insert(ckpt_shape.begin(), n_ckpt);
+  out.u_ckpt = at::empty(n_ckpt > 0 ? ckpt_shape : std::vector<int64_t>{0},
+                         x.options().dtype(state_dtype_of(x.scalar_type())));
+  return out;
+}
+
+AlifBwdBuffers prepare_alif_bwd(const AlifParams& p, const std::optional<at::Tensor>& grad_spikes,
+                                const std::optional<at::Tensor>& grad_u_last, const at::Tensor& x,
+                                const std::optional<at::Tensor>& u_ckpt,
+                                const std::optional<at::Tensor>& u0, bool need_grad_u0) {
+  auto contiguous = [](const std::optional<at::Tensor>& t) {
+    return t.has_value() ? t->contiguous() : at::Tensor();
+  };
+  AlifBwdBuffers b;
+  b.grad_spikes = contiguous(grad_spikes);
+  b.grad_u_last = contiguous(grad_u_last);
+  b.x = x.contiguous();
+  b.u_ckpt = p.static_x || num_checkpoints(p.T) == 0 ? at::Tensor() : contiguous(u_ckpt);
+  b.u0 = contiguous(u0);
+  b.grad_x = at::empty(x.sizes(), x.options());
+  b.grad_u0 = at::empty(need_grad_u0 && p.has_u0 ? b.u0.sizes() : at::IntArrayRef{0},
+                        x.options());
+  return b;
+}
+
+namespace legacy {
+
+AlifParams make_bwd_params(const at::Tensor& grad_spikes,
                                 const std::optional<at::Tensor>& grad_u_last,
                                 const std::optional<at::Tensor>& h,
                                 const std::optional<at::Tensor>& x_static, const at::Tensor& tau,
                                 const at::Tensor& v_th, const std::optional<at::Tensor>& u0,
                                 std::string_view reset, bool detach_reset,
                                 std::string_view surrogate, double width, double alpha) {
-  const char* who = "alif_bwd";
+  const char* who = "alif_bwd_saved_h";
   TORCH_CHECK(h.has_value() != x_static.has_value(), who,
               ": pass exactly one of h (time-major x) and x_static (static x)");
   TORCH_CHECK(grad_spikes.dim() >= 2, who, ": grad_spikes must be (T, B, ...), got shape ",
@@ -172,11 +268,11 @@ AlifParams make_alif_bwd_params(const at::Tensor& grad_spikes,
   return p;
 }
 
-AlifFwdOutputs alloc_alif_fwd(const at::Tensor& x, const AlifParams& p, bool save_h) {
+FwdOutputs alloc_fwd(const at::Tensor& x, const AlifParams& p, bool save_h) {
   const auto shape = step_shape(x, p.static_x);
   auto seq_shape = shape;
   seq_shape.insert(seq_shape.begin(), p.T);
-  AlifFwdOutputs out;
+  FwdOutputs out;
   out.spikes = at::empty(seq_shape, x.options());
   out.u_last = at::empty(shape, x.options());
   const auto state_dtype = x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
@@ -185,7 +281,7 @@ AlifFwdOutputs alloc_alif_fwd(const at::Tensor& x, const AlifParams& p, bool sav
   return out;
 }
 
-AlifBwdBuffers prepare_alif_bwd(const AlifParams& p, const at::Tensor& grad_spikes,
+BwdBuffers prepare_bwd(const AlifParams& p, const at::Tensor& grad_spikes,
                                 const std::optional<at::Tensor>& grad_u_last,
                                 const std::optional<at::Tensor>& h,
                                 const std::optional<at::Tensor>& x_static,
@@ -193,7 +289,7 @@ AlifBwdBuffers prepare_alif_bwd(const AlifParams& p, const at::Tensor& grad_spik
   auto contiguous = [](const std::optional<at::Tensor>& t) {
     return t.has_value() ? t->contiguous() : at::Tensor();
   };
-  AlifBwdBuffers b;
+  BwdBuffers b;
   b.grad_spikes = grad_spikes.contiguous();
   b.grad_u_last = contiguous(grad_u_last);
   b.h = contiguous(h);
@@ -206,10 +302,14 @@ AlifBwdBuffers prepare_alif_bwd(const AlifParams& p, const at::Tensor& grad_spik
   return b;
 }
 
+}  // namespace legacy
+
 at::Tensor param_grad(const at::Tensor& channel_sums, const at::Tensor& param) {
-  if (param.dim() == 0) return channel_sums.sum().to(param.scalar_type());
-  // Always a fresh tensor: channel_sums may be a row of a buffer the other gradient shares.
-  return channel_sums.to(param.scalar_type(), /*non_blocking=*/false, /*copy=*/true);
+  if (param.dim() == 0 && channel_sums.numel() != 1) return channel_sums.sum().to(param.scalar_type());
+  // One channel's sum is already a scalar parameter's total: no reduction launch. A row of a
+  // buffer the other gradient shares is copied, so the two gradients never alias.
+  return channel_sums.reshape(param.sizes())
+      .to(param.scalar_type(), /*non_blocking=*/false, /*copy=*/channel_sums.is_view());
 }
 
 namespace {
@@ -296,23 +396,44 @@ TaidBwdBuffers prepare_taid_bwd(const TaidParams& p, const at::Tensor& grad_y, c
 }
 
 TORCH_LIBRARY(alif_cuda, m) {
-  // x: (T, B, ...), or (B, ...) repeated over `steps` steps when steps is given (static input).
-  // Returns spikes (T, B, ...) in x's dtype, the final state u_{T-1} (B, ...) in x's dtype, and h
-  // (T, B, ...) in float32 (float64 for float64 x) for the backward, or an empty tensor when
-  // save_h is false or x is static (the backward then recomputes h from x). The backward-only
-  // options (detach_reset, surrogate, width, alpha) are arguments so the registered autograd
-  // formula can read them; they are validated here, the forward does not use them.
+  // The public ops, differentiable (autograd below, in C++): what alif_cuda.alif / .taid call.
+  // alif: spikes (T, B, ...) and the final state u_{T-1} (B, ...), both in x's dtype; x is
+  // (T, B, ...), or (B, ...) repeated over `steps` steps when steps is given (static input).
+  m.def(
+      "alif(Tensor x, Tensor tau, Tensor v_th, Tensor? u0, int? steps, str reset, "
+      "bool detach_reset, str surrogate, float width, float alpha) -> (Tensor, Tensor)");
+  // taid: y (B, C, H, W) in s's dtype and the attention A (T, B, C, math dtype, not
+  // differentiable).
+  m.def("taid(Tensor s, Tensor w, str reduce) -> (Tensor, Tensor)");
+
+  // The kernels. alif_fwd returns spikes, u_last and, when checkpoint is true, x is time-major
+  // and T > kChunk (8), u_ckpt ((T - 1) // 8, B, ...) in float32 (float64 for float64 x): the
+  // state after steps 8, 16, ..., which the backward starts its replayed chunks from; otherwise
+  // an empty tensor. The backward-only options (detach_reset, surrogate, width, alpha) are
+  // validated here so a bad option fails at the forward.
   m.def(
       "alif_fwd(Tensor x, Tensor tau, Tensor v_th, Tensor? u0, int? steps, str reset, "
+      "bool checkpoint, bool detach_reset, str surrogate, float width, float alpha) "
+      "-> (Tensor, Tensor, Tensor)");
+  // BPTT of alif_fwd from x itself: each chunk of steps is replayed from x, then walked back.
+  // Absent grad_spikes / grad_u_last are zero. Returns dL/dx (x's shape: (B, ...) summed over
+  // time for a static x), dL/dtau, dL/dv_th (their shapes and dtypes) and dL/du0 (empty unless
+  // need_grad_u0).
+  m.def(
+      "alif_bwd(Tensor? grad_spikes, Tensor? grad_u_last, Tensor x, Tensor? u_ckpt, int? steps, "
+      "Tensor tau, Tensor v_th, Tensor? u0, str reset, bool detach_reset, str surrogate, "
+      "float width, float alpha, bool need_grad_u0) -> (Tensor, Tensor, Tensor, Tensor)");
+  // The legacy saved-h kernels (alif_legacy.h), used by alif when ALIF_CUDA_LEGACY_KERNELS=1:
+  // h (T, B, ...) in the math dtype is the third output (empty unless save_h and time-major), and
+  // the backward takes exactly one of h and x_static.
+  m.def(
+      "alif_fwd_saved_h(Tensor x, Tensor tau, Tensor v_th, Tensor? u0, int? steps, str reset, "
       "bool save_h, bool detach_reset, str surrogate, float width, float alpha) "
       "-> (Tensor, Tensor, Tensor)");
-  // BPTT of alif_fwd. Exactly one of h (time-major x) and x_static is given. Returns dL/dx (x's
-  // shape: (B, ...) summed over time for a static x), dL/dtau, dL/dv_th (their shapes and dtypes)
-  // and dL/du0 (empty unless need_grad_u0).
   m.def(
-      "alif_bwd(Tensor grad_spikes, Tensor? grad_u_last, Tensor? h, Tensor? x_static, Tensor tau, "
-      "Tensor v_th, Tensor? u0, str reset, bool detach_reset, str surrogate, float width, "
-      "float alpha, bool need_grad_u0) -> (Tensor, Tensor, Tensor, Tensor)");
+      "alif_bwd_saved_h(Tensor grad_spikes, Tensor? grad_u_last, Tensor? h, Tensor? x_static, "
+      "Tensor tau, Tensor v_th, Tensor? u0, str reset, bool detach_reset, str surrogate, "
+      "float width, float alpha, bool need_grad_u0) -> (Tensor, Tensor, Tensor, Tensor)");
   // s: (T, B, C, H, W), w: (T, T), reduce "sum" or "mean". Returns the decoded y (B, C, H, W) in
   // s's dtype, and the attention A and squeezed means X (T, B, C) in float32 (float64 for float64
   // s), which the backward reuses.
@@ -321,6 +442,316 @@ TORCH_LIBRARY(alif_cuda, m) {
   m.def(
       "taid_bwd(Tensor grad_y, Tensor s, Tensor w, Tensor attn, Tensor squeezed, str reduce) "
       "-> (Tensor, Tensor)");
+}
+
+// ---- autograd ---------------------------------------------------------------------------------
+// Registered for the Autograd key in C++, so a forward+backward costs no Python beyond the call
+// of alif()/taid(): the nodes call alif_bwd / taid_bwd through the dispatcher (torch.compile
+// traces those calls; the fake kernels are in alif_cuda/ops.py). Gradients of unused outputs
+// are not materialised: the backward ops take them as absent.
+
+namespace {
+
+using torch::autograd::AutogradContext;
+using torch::autograd::variable_list;
+
+// ALIF_CUDA_LEGACY_KERNELS=1 (or true/yes/on; TAID reads the same variable) selects the saved-h
+// kernels; read once, at the first alif call.
+bool use_legacy_kernels() {
+  static const bool legacy = [] {
+    const char* v = std::getenv("ALIF_CUDA_LEGACY_KERNELS");
+    if (v == nullptr) return false;
+    std::string s(v);
+    for (char& ch : s) ch = static_cast<char>(std::tolower(static_cast<unsigned char>(ch)));
+    return s == "1" || s == "true" || s == "yes" || s == "on";
+  }();
+  return legacy;
+}
+
+template <typename Sig>
+c10::TypedOperatorHandle<Sig> op_handle(const char* name) {
+  return c10::Dispatcher::singleton().findSchemaOrThrow(name, "").typed<Sig>();
+}
+
+using AlifFwdSig = std::tuple<at::Tensor, at::Tensor, at::Tensor>(
+    const at::Tensor&, const at::Tensor&, const at::Tensor&, const std::optional<at::Tensor>&,
+    std::optional<int64_t>, std::string_view, bool, bool, std::string_view, double, double);
+using AlifBwdSig = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor>(
+    const std::optional<at::Tensor>&, const std::optional<at::Tensor>&, const at::Tensor&,
+    const std::optional<at::Tensor>&, std::optional<int64_t>, const at::Tensor&, const at::Tensor&,
+    const std::optional<at::Tensor>&, std::string_view, bool, std::string_view, double, double,
+    bool);
+using AlifBwdSavedHSig = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor>(
+    const at::Tensor&, const std::optional<at::Tensor>&, const std::optional<at::Tensor>&,
+    const std::optional<at::Tensor>&, const at::Tensor&, const at::Tensor&,
+    const std::optional<at::Tensor>&, std::string_view, bool, std::string_view, double, double,
+    bool);
+using TaidFwdSig = std::tuple<at::Tensor, at::Tensor, at::Tensor>(const at::Tensor&,
+                                                                  const at::Tensor&,
+                                                                  std::string_view);
+using TaidBwdSig = std::tuple<at::Tensor, at::Tensor>(const at::Tensor&, const at::Tensor&,
+                                                      const at::Tensor&, const at::Tensor&,
+                                                      const at::Tensor&, std::string_view);
+
+std::optional<at::Tensor> opt(const at::Tensor& t) {
+  return t.defined() ? std::optional<at::Tensor>(t) : std::nullopt;
+}
+
+// The forward without autograd; `for_backward` asks for what the backward needs (checkpoints,
+// or h from the legacy kernels) as the third output.
+std::tuple<at::Tensor, at::Tensor, at::Tensor> alif_forward(
+    const at::Tensor& x, const at::Tensor& tau, const at::Tensor& v_th,
+    const std::optional<at::Tensor>& u0, std::optional<int64_t> steps, std::string_view reset,
+    bool for_backward, bool detach_reset, std::string_view surrogate, double width,
+    double alpha) {
+  static const auto fwd = op_handle<AlifFwdSig>("alif_cuda::alif_fwd");
+  static const auto fwd_saved_h = op_handle<AlifFwdSig>("alif_cuda::alif_fwd_saved_h");
+  return (use_legacy_kernels() ? fwd_saved_h : fwd)
+      .call(x, tau, v_th, u0, steps, reset, for_backward, detach_reset, surrogate, width, alpha);
+}
+
+struct AlifFunction : public torch::autograd::Function<AlifFunction> {
+  static variable_list forward(AutogradContext* ctx, const at::Tensor& x, const at::Tensor& tau,
+                               const at::Tensor& v_th, const std::optional<at::Tensor>& u0,
+                               std::optional<int64_t> steps, std::string_view reset,
+                               bool detach_reset, std::string_view surrogate, double width,
+                               double alpha) {
+    at::AutoDispatchBelowADInplaceOrView guard;
+    auto [spikes, u_last, state] = alif_forward(x, tau, v_th, u0, steps, reset, true,
+                                                detach_reset, surrogate, width, alpha);
+    // Saved: x itself (never a copy; autograd's version counter guards it), the parameters,
+    // u0, and the checkpoints (empty for T <= 8) or, from the legacy kernels, h.
+    ctx->save_for_backward({x, tau, v_th, u0.value_or(at::Tensor()), state});
+    ctx->saved_data["steps"] = steps.has_value() ? c10::IValue(*steps) : c10::IValue();
+    ctx->saved_data["reset"] = std::string(reset);
+    ctx->saved_data["detach_reset"] = detach_reset;
+    ctx->saved_data["surrogate"] = std::string(surrogate);
+    ctx->saved_data["width"] = width;
+    ctx->saved_data["alpha"] = alpha;
+    ctx->set_materialize_grads(false);
+    return {spikes, u_last};
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    static const auto bwd = op_handle<AlifBwdSig>("alif_cuda::alif_bwd");
+    static const auto bwd_saved_h = op_handle<AlifBwdSavedHSig>("alif_cuda::alif_bwd_saved_h");
+    const auto saved = ctx->get_saved_variables();
+    const at::Tensor &x = saved[0], &tau = saved[1], &v_th = saved[2], &u0 = saved[3],
+                     &state = saved[4];
+    const at::Tensor &g_spikes = grads[0], &g_u_last = grads[1];
+    variable_list out(10);
+    if (!g_spikes.defined() && !g_u_last.defined()) return out;
+    const auto& d = ctx->saved_data;
+    const c10::IValue& steps_v = d.at("steps");
+    const std::optional<int64_t> steps =
+        steps_v.isNone() ? std::nullopt : std::optional<int64_t>(steps_v.toInt());
+    const std::string reset = d.at("reset").toStringRef(), surrogate = d.at("surrogate").toStringRef();
+    const bool detach = d.at("detach_reset").toBool();
+    const double width = d.at("width").toDouble(), alpha = d.at("alpha").toDouble();
+    const bool need_grad_u0 = u0.defined() && ctx->needs_input_grad(3);
+    std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> r;
+    if (use_legacy_kernels()) {
+      const bool stat = steps.has_value();
+      // The legacy backward needs grad_spikes: zeros when the spikes got no gradient.
+      std::vector<int64_t> seq = x.sizes().vec();
+      if (stat) seq.insert(seq.begin(), *steps);
+      r = bwd_saved_h.call(g_spikes.defined() ? g_spikes : at::zeros(seq, x.options()),
+                           opt(g_u_last), stat ? std::nullopt : opt(state),
+                           stat ? opt(x) : std::nullopt, tau, v_th, opt(u0), reset, detach,
+                           surrogate, width, alpha, need_grad_u0);
+    } else {
+      r = bwd.call(opt(g_spikes), opt(g_u_last), x, opt(state), steps, tau, v_th, opt(u0), reset,
+                   detach, surrogate, width, alpha, need_grad_u0);
+    }
+    out[0] = std::get<0>(r);
+    out[1] = std::get<1>(r);
+    out[2] = std::get<2>(r);
+    if (need_grad_u0) out[3] = std::get<3>(r);
+    return out;
+  }
+};
+
+bool any_requires_grad(std::initializer_list<const at::Tensor*> ts) {
+  for (const at::Tensor* t : ts) {
+    if (t->defined() && t->requires_grad()) return true;
+  }
+  return false;
+}
+
+std::tuple<at::Tensor, at::Tensor> alif_autograd(
+    const at::Tensor& x, const at::Tensor& tau, const at::Tensor& v_th,
+    const std::optional<at::Tensor>& u0, std::optional<int64_t> steps, std::string_view reset,
+    bool detach_reset, std::string_view surrogate, double width, double alpha) {
+  const at::Tensor u0_t = u0.value_or(at::Tensor());
+  if (!at::GradMode::is_enabled() || !any_requires_grad({&x, &tau, &v_th, &u0_t})) {
+    at::AutoDispatchBelowADInplaceOrView guard;
+    auto [spikes, u_last, state] = alif_forward(x, tau, v_th, u0, steps, reset, false,
+                                                detach_reset, surrogate, width, alpha);
+    return {spikes, u_last};
+  }
+  const auto out = AlifFunction::apply(x, tau, v_th, u0, steps, reset, detach_reset, surrogate,
+                                       width, alpha);
+  return {out[0], out[1]};
+}
+
+// alif below autograd (no grad mode, inference tensors): the forward alone.
+std::tuple<at::Tensor, at::Tensor> alif_no_grad(
+    const at::Tensor& x, const at::Tensor& tau, const at::Tensor& v_th,
+    const std::optional<at::Tensor>& u0, std::optional<int64_t> steps, std::string_view reset,
+    bool detach_reset, std::string_view surrogate, double width, double alpha) {
+  auto [spikes, u_last, state] = alif_forward(x, tau, v_th, u0, steps, reset, false, detach_reset,
+                                              surrogate, width, alpha);
+  return {spikes, u_last};
+}
+
+struct TaidFunction : public torch::autograd::Function<TaidFunction> {
+  static variable_list forward(AutogradContext* ctx, const at::Tensor& s, const at::Tensor& w,
+                               std::string_view reduce) {
+    static const auto fwd = op_handle<TaidFwdSig>("alif_cuda::taid_fwd");
+    at::AutoDispatchBelowADInplaceOrView guard;
+    auto [y, attn, squeezed] = fwd.call(s, w, reduce);
+    ctx->save_for_backward({s, w, attn, squeezed});
+    ctx->saved_data["reduce"] = std::string(reduce);
+    ctx->mark_non_differentiable({attn});
+    ctx->set_materialize_grads(false);
+    return {y, attn};
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    static const auto bwd = op_handle<TaidBwdSig>("alif_cuda::taid_bwd");
+    variable_list out(3);
+    if (!grads[0].defined()) return out;
+    const auto saved = ctx->get_saved_variables();
+    auto [grad_s, grad_w] = bwd.call(grads[0].contiguous(), saved[0], saved[1], saved[2],
+                                     saved[3], ctx->saved_data.at("reduce").toStringRef());
+    out[0] = grad_s;
+    out[1] = grad_w;
+    return out;
+  }
+};
+
+std::tuple<at::Tensor, at::Tensor> taid_autograd(const at::Tensor& s, const at::Tensor& w,
+                                                 std::string_view reduce) {
+  if (!at::GradMode::is_enabled() || !any_requires_grad({&s, &w})) {
+    static const auto fwd = op_handle<TaidFwdSig>("alif_cuda::taid_fwd");
+    at::AutoDispatchBelowADInplaceOrView guard;
+    auto [y, attn, squeezed] = fwd.call(s, w, reduce);
+    return {y, attn};
+  }
+  const auto out = TaidFunction::apply(s, w, reduce);
+  return {out[0], out[1]};
+}
+
+std::tuple<at::Tensor, at::Tensor> taid_no_grad(const at::Tensor& s, const at::Tensor& w,
+                                                std::string_view reduce) {
+  static const auto fwd = op_handle<TaidFwdSig>("alif_cuda::taid_fwd");
+  auto [y, attn, squeezed] = fwd.call(s, w, reduce);
+  return {y, attn};
+}
+
+// The backward ops are not differentiable: when a graph is being built through them (double
+// backward), their outputs get a node that refuses, instead of silently acting as constants.
+[[noreturn]] void refuse_double_backward(const char* op) {
+  TORCH_CHECK(false, "alif_cuda: double backward through ", op,
+              " (e.g. autograd.grad with create_graph=True, then differentiating the result) is "
+              "not supported");
+}
+
+template <const char* kName>
+struct RefuseDoubleBackward : public torch::autograd::Function<RefuseDoubleBackward<kName>> {
+  static variable_list forward(AutogradContext*, const std::function<variable_list()>& run,
+                               at::TensorList inputs) {
+    return run();
+  }
+  static variable_list backward(AutogradContext*, variable_list) { refuse_double_backward(kName); }
+};
+
+constexpr char kAlifBwd[] = "alif_bwd";
+constexpr char kAlifBwdSavedH[] = "alif_bwd_saved_h";
+constexpr char kTaidBwd[] = "taid_bwd";
+
+// Runs a backward op below autograd; in grad mode with a differentiable input (a double
+// backward being recorded), through the refusing node.
+template <const char* kName>
+variable_list run_backward_op(const variable_list& inputs,
+                              const std::function<variable_list()>& run) {
+  if (!at::GradMode::is_enabled()) return run();
+  variable_list differentiable;
+  for (const auto& t : inputs) {
+    if (t.defined() && t.requires_grad()) differentiable.push_back(t);
+  }
+  if (differentiable.empty()) return run();
+  return RefuseDoubleBackward<kName>::apply(run, at::TensorList(differentiable));
+}
+
+template <typename Tuple, size_t... I>
+variable_list to_list(const Tuple& t, std::index_sequence<I...>) {
+  return {std::get<I>(t)...};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> alif_bwd_autograd(
+    const std::optional<at::Tensor>& grad_spikes, const std::optional<at::Tensor>& grad_u_last,
+    const at::Tensor& x, const std::optional<at::Tensor>& u_ckpt, std::optional<int64_t> steps,
+    const at::Tensor& tau, const at::Tensor& v_th, const std::optional<at::Tensor>& u0,
+    std::string_view reset, bool detach_reset, std::string_view surrogate, double width,
+    double alpha, bool need_grad_u0) {
+  static const auto bwd = op_handle<AlifBwdSig>("alif_cuda::alif_bwd");
+  const auto out = run_backward_op<kAlifBwd>(
+      {grad_spikes.value_or(at::Tensor()), grad_u_last.value_or(at::Tensor()), x, tau, v_th,
+       u0.value_or(at::Tensor())},
+      [&] {
+        at::AutoDispatchBelowADInplaceOrView guard;
+        return to_list(bwd.call(grad_spikes, grad_u_last, x, u_ckpt, steps, tau, v_th, u0, reset,
+                                detach_reset, surrogate, width, alpha, need_grad_u0),
+                       std::make_index_sequence<4>{});
+      });
+  return {out[0], out[1], out[2], out[3]};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> alif_bwd_saved_h_autograd(
+    const at::Tensor& grad_spikes, const std::optional<at::Tensor>& grad_u_last,
+    const std::optional<at::Tensor>& h, const std::optional<at::Tensor>& x_static,
+    const at::Tensor& tau, const at::Tensor& v_th, const std::optional<at::Tensor>& u0,
+    std::string_view reset, bool detach_reset, std::string_view surrogate, double width,
+    double alpha, bool need_grad_u0) {
+  static const auto bwd = op_handle<AlifBwdSavedHSig>("alif_cuda::alif_bwd_saved_h");
+  const auto out = run_backward_op<kAlifBwdSavedH>(
+      {grad_spikes, grad_u_last.value_or(at::Tensor()), tau, v_th, u0.value_or(at::Tensor())},
+      [&] {
+        at::AutoDispatchBelowADInplaceOrView guard;
+        return to_list(bwd.call(grad_spikes, grad_u_last, h, x_static, tau, v_th, u0, reset,
+                                detach_reset, surrogate, width, alpha, need_grad_u0),
+                       std::make_index_sequence<4>{});
+      });
+  return {out[0], out[1], out[2], out[3]};
+}
+
+std::tuple<at::Tensor, at::Tensor> taid_bwd_autograd(const at::Tensor& grad_y,
+                                                     const at::Tensor& s, const at::Tensor& w,
+                                                     const at::Tensor& attn,
+                                                     const at::Tensor& squeezed,
+                                                     std::string_view reduce) {
+  static const auto bwd = op_handle<TaidBwdSig>("alif_cuda::taid_bwd");
+  const auto out = run_backward_op<kTaidBwd>({grad_y, s, w}, [&] {
+    at::AutoDispatchBelowADInplaceOrView guard;
+    return to_list(bwd.call(grad_y, s, w, attn, squeezed, reduce), std::make_index_sequence<2>{});
+  });
+  return {out[0], out[1]};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(alif_cuda, Autograd, m) {
+  m.impl("alif", &alif_autograd);
+  m.impl("taid", &taid_autograd);
+  m.impl("alif_bwd", &alif_bwd_autograd);
+  m.impl("alif_bwd_saved_h", &alif_bwd_saved_h_autograd);
+  m.impl("taid_bwd", &taid_bwd_autograd);
+}
+
+TORCH_LIBRARY_IMPL(alif_cuda, CompositeExplicitAutograd, m) {
+  m.impl("alif", &alif_no_grad);
+  m.impl("taid", &taid_no_grad);
 }
 
 }  // namespace alif_cuda

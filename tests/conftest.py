@@ -18,9 +18,10 @@ TOL = {
     torch.bfloat16: (1.6e-2, 1e-2),
 }
 
-# Storage dtypes each backend supports.
+# Storage dtypes each backend supports (float16/bfloat16 on the CPU compute in float32, so CPU
+# autocast works).
 DTYPES = {
-    "cpu": [torch.float64, torch.float32],
+    "cpu": [torch.float64, torch.float32, torch.float16, torch.bfloat16],
     "cuda": [torch.float64, torch.float32, torch.float16, torch.bfloat16],
 }
 

@@ -175,19 +175,32 @@ def test_gradcheck_final_state(reset):
 
 @pytest.mark.parametrize("device", device_params())
 @pytest.mark.parametrize("static", [False, True])
-def test_opcheck(device, static):
-    x, tau, v_th, u0 = make_inputs(5, (2, 3, 4), device, torch.float32, True, static=static)
-    steps = 5 if static else None
+@pytest.mark.parametrize("T", [5, 19])
+def test_opcheck(device, static, T):
+    """Every op, its fake kernel and (for alif) its C++ autograd; T = 19 has checkpoints."""
+    x, tau, v_th, u0 = make_inputs(T, (2, 3, 4), device, torch.float32, True, static=static)
+    steps = T if static else None
+    torch.library.opcheck(
+        torch.ops.alif_cuda.alif, (x, tau, v_th, u0, steps, "soft", False, "atan", 1.0, 2.0)
+    )
     fwd_args = (x, tau, v_th, u0, steps, "hard", True, False, "rect", 1.0, 2.0)
     torch.library.opcheck(torch.ops.alif_cuda.alif_fwd, fwd_args)
+    torch.library.opcheck(torch.ops.alif_cuda.alif_fwd_saved_h, fwd_args)
     with torch.no_grad():
-        spikes, u_last, h = torch.ops.alif_cuda.alif_fwd(*fwd_args)
-    bwd_args = (
-        torch.randn_like(spikes), torch.randn_like(u_last), None if static else h,
-        x.detach() if static else None, tau.detach(), v_th.detach(), u0.detach(),
-        "soft", True, "atan", 1.0, 2.0, True,
+        spikes, u_last, u_ckpt = torch.ops.alif_cuda.alif_fwd(*fwd_args)
+        _, _, h = torch.ops.alif_cuda.alif_fwd_saved_h(*fwd_args)
+    x_d, tau_d, v_th_d, u0_d = (t.detach() for t in (x, tau, v_th, u0))
+    g, g_u = torch.randn_like(spikes), torch.randn_like(u_last)
+    for grads in ((g, g_u), (None, g_u), (g, None)):
+        torch.library.opcheck(
+            torch.ops.alif_cuda.alif_bwd,
+            (*grads, x_d, u_ckpt, steps, tau_d, v_th_d, u0_d, "hard", True, "atan", 1.0, 2.0, True),
+        )
+    torch.library.opcheck(
+        torch.ops.alif_cuda.alif_bwd_saved_h,
+        (g, g_u, None if static else h, x_d if static else None, tau_d, v_th_d, u0_d,
+         "hard", True, "atan", 1.0, 2.0, True),
     )
-    torch.library.opcheck(torch.ops.alif_cuda.alif_bwd, bwd_args)
 
 
 class TwoLayerSNN(torch.nn.Module):

@@ -32,12 +32,6 @@ def test_integer_x(device, dtype):
         alif(torch.zeros(3, 4, device=device, dtype=dtype), tau, v_th)
 
 
-def test_half_on_cpu_names_the_supported_dtypes():
-    tau, v_th = params()
-    with pytest.raises(RuntimeError, match="on CPU x must be float32 or float64"):
-        alif(torch.zeros(3, 4, dtype=torch.float16), tau, v_th)
-
-
 @pytest.mark.parametrize("device", device_params())
 def test_tau_of_wrong_shape(device):
     x = torch.zeros(3, 2, 5, 4, device=device)
@@ -87,21 +81,49 @@ def test_bad_options():
 
 
 def test_ops_reject_bad_options_directly():
-    """The registered op checks its string options too (for callers that bypass alif())."""
+    """The registered ops check their string options too (for callers that bypass alif())."""
     x = torch.zeros(3, 4)
     tau, v_th = params()
-    with pytest.raises(RuntimeError, match=r'reset must be "hard" or "soft", got "none"'):
-        torch.ops.alif_cuda.alif_fwd(x, tau, v_th, None, None, "none", False, False, "rect", 1.0, 2.0)
+    for op in (torch.ops.alif_cuda.alif_fwd, torch.ops.alif_cuda.alif_fwd_saved_h):
+        with pytest.raises(RuntimeError, match=r'reset must be "hard" or "soft", got "none"'):
+            op(x, tau, v_th, None, None, "none", False, False, "rect", 1.0, 2.0)
+        with pytest.raises(RuntimeError, match=r'surrogate must be "rect" or "atan", got "tri"'):
+            op(x, tau, v_th, None, None, "hard", False, False, "tri", 1.0, 2.0)
     with pytest.raises(RuntimeError, match=r'surrogate must be "rect" or "atan", got "tri"'):
-        torch.ops.alif_cuda.alif_fwd(x, tau, v_th, None, None, "hard", False, False, "tri", 1.0, 2.0)
+        torch.ops.alif_cuda.alif(x, tau, v_th, None, None, "hard", False, "tri", 1.0, 2.0)
 
 
-def test_backward_without_saved_state_is_an_error():
+def test_backward_without_checkpoints_is_an_error():
+    """For T > 8 the backward starts its chunks from the forward's checkpoints: without them
+    (alif_fwd with checkpoint=False) it says what it needs."""
+    x = torch.zeros(11, 4)
+    tau, v_th = params()
+    spikes, u_last, u_ckpt = torch.ops.alif_cuda.alif_fwd(
+        x, tau, v_th, None, None, "hard", False, False, "rect", 1.0, 2.0
+    )
+    assert u_ckpt.shape == (0,)
+    with pytest.raises(RuntimeError, match=r"for T = 11 > 8 the backward needs alif_fwd's u_ckpt .* got \[0\]"):
+        torch.ops.alif_cuda.alif_bwd(
+            spikes, None, x, u_ckpt, None, tau, v_th, None, "hard", False, "rect", 1.0, 2.0, False
+        )
+    with pytest.raises(RuntimeError, match=r"h must have grad_spikes' shape \[11, 4\], got \[0\]"):
+        torch.ops.alif_cuda.alif_bwd_saved_h(
+            spikes, None, torch.zeros(0), None, tau, v_th, None, "hard", False, "rect", 1.0, 2.0, False
+        )
+
+
+def test_backward_rejects_gradients_of_the_wrong_shape():
     x = torch.zeros(3, 4)
     tau, v_th = params()
-    spikes, u_last, h = torch.ops.alif_cuda.alif_fwd(x, tau, v_th, None, None, "hard", False, False, "rect", 1.0, 2.0)
-    with pytest.raises(RuntimeError, match=r"h must have grad_spikes' shape \[3, 4\], got \[0\]"):
-        torch.ops.alif_cuda.alif_bwd(spikes, None, h, None, tau, v_th, None, "hard", False, "rect", 1.0, 2.0, False)
+    with pytest.raises(RuntimeError, match=r"grad_spikes must be Float of shape \[3, 4\] on cpu, got Float of shape \[3, 5\]"):
+        torch.ops.alif_cuda.alif_bwd(
+            torch.zeros(3, 5), None, x, None, None, tau, v_th, None, "hard", False, "rect", 1.0, 2.0, False
+        )
+    with pytest.raises(RuntimeError, match=r"grad_u_last must be Float of shape \[4\] on cpu, got Double"):
+        torch.ops.alif_cuda.alif_bwd(
+            None, torch.zeros(4, dtype=torch.float64), x, None, None, tau, v_th, None, "hard", False,
+            "rect", 1.0, 2.0, False,
+        )
 
 
 @pytest.mark.skipif(not HAS_CUDA, reason=CUDA_SKIP_REASON)

@@ -1,0 +1,186 @@
+"""The replaying alif kernels: bit-identical to the saved-h kernels they replace, every value type
+of the shared code (the CUDA kernels' too) executed on the CPU, chunk and lane tails, sliced
+input, and what the forward keeps for backward."""
+import itertools
+from contextlib import contextmanager
+
+import pytest
+import torch
+
+from alif_cuda import alif, alif_ref
+from conftest import TOL
+
+CHUNK = 8  # csrc/alif.h kChunk
+# The CPU kernels' value types: Vectorized (the default), and the ones a CUDA thread runs: a
+# scalar, Lanes<float, 4> (float32's 16-byte path), Lanes<float, 8> (float16/bfloat16's).
+VALUE_TYPES = {"vectorized": 0, "scalar": 1, "lanes4": 2, "lanes8": 3}
+FLAGS = list(itertools.product(["rect", "atan"], ["hard", "soft"], [False, True]))
+
+
+@contextmanager
+def cpu_value_type(name):
+    previous = torch.ops.alif_cuda._set_cpu_value_type(VALUE_TYPES[name])
+    try:
+        yield
+    finally:
+        torch.ops.alif_cuda._set_cpu_value_type(previous)
+
+
+def inputs(T, step_shape, dtype, per_channel, *, static=False, seed=0, u0=True):
+    g = torch.Generator().manual_seed(seed)
+    x_shape = step_shape if static else (T, *step_shape)
+    x = (torch.randn(x_shape, generator=g, dtype=torch.float64) * 0.6 + 0.15).to(dtype)
+    pshape = (step_shape[1],) if per_channel else ()
+    p_dtype = torch.float64 if dtype == torch.float64 else torch.float32
+    tau = (torch.rand(pshape, generator=g, dtype=torch.float64) * 0.8 + 0.1).to(p_dtype)
+    v_th = (torch.rand(pshape, generator=g, dtype=torch.float64) * 0.4 + 0.1).to(p_dtype)
+    u = (torch.randn(step_shape, generator=g, dtype=torch.float64) * 0.2).to(dtype) if u0 else None
+    seq = (T, *step_shape)
+    gs = torch.randn(seq, generator=g, dtype=torch.float64).to(dtype)
+    gu = torch.randn(step_shape, generator=g, dtype=torch.float64).to(dtype)
+    return x, tau, v_th, u, gs, gu
+
+
+def run_ops(x, tau, v_th, u0, gs, gu, *, static, T, reset, detach, surrogate, legacy=False):
+    """Forward and backward through the kernels directly (no autograd): the outputs and grads."""
+    steps = T if static else None
+    opts = (reset, True, detach, surrogate, 0.7, 2.5)
+    if legacy:
+        spikes, u_last, h = torch.ops.alif_cuda.alif_fwd_saved_h(x, tau, v_th, u0, steps, *opts)
+        grads = torch.ops.alif_cuda.alif_bwd_saved_h(
+            gs, gu, None if static else h, x if static else None, tau, v_th, u0, reset, detach,
+            surrogate, 0.7, 2.5, u0 is not None,
+        )
+    else:
+        spikes, u_last, u_ckpt = torch.ops.alif_cuda.alif_fwd(x, tau, v_th, u0, steps, *opts)
+        assert u_ckpt.shape[0] == (0 if static or T <= CHUNK else (T - 1) // CHUNK)
+        grads = torch.ops.alif_cuda.alif_bwd(
+            gs, gu, x, u_ckpt, steps, tau, v_th, u0, reset, detach, surrogate, 0.7, 2.5,
+            u0 is not None,
+        )
+    return (spikes, u_last, *grads)
+
+
+def assert_bitwise(got, want):
+    for i, (a, b) in enumerate(zip(got, want)):
+        assert a.shape == b.shape and a.dtype == b.dtype, i
+        assert torch.equal(a, b), f"output {i} differs: max {(a.double() - b.double()).abs().max()}"
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("T", [1, 7, 8, 9, 16, 17, 30])
+@pytest.mark.parametrize("static", [False, True])
+@pytest.mark.parametrize("per_channel", [False, True])
+def test_replay_is_bitwise_the_saved_h_path(dtype, T, static, per_channel):
+    """Replaying h from x (and checkpoints every 8 steps) gives the saved-h kernels' exact bits:
+    spikes, state and every gradient, T below, at and past the chunk, and not a multiple of it."""
+    x, tau, v_th, u0, gs, gu = inputs(T, (3, 4, 5), dtype, per_channel, static=static)
+    for surrogate, reset, detach in FLAGS:
+        kw = dict(static=static, T=T, reset=reset, detach=detach, surrogate=surrogate)
+        assert_bitwise(run_ops(x, tau, v_th, u0, gs, gu, **kw),
+                       run_ops(x, tau, v_th, u0, gs, gu, legacy=True, **kw))
+
+
+@pytest.mark.parametrize(
+    "dtype,value_type",
+    [(torch.float32, v) for v in VALUE_TYPES] + [(torch.float64, "vectorized"), (torch.float64, "scalar")],
+)
+@pytest.mark.parametrize("static", [False, True])
+def test_every_value_type_runs_the_same_arithmetic(dtype, value_type, static):
+    """Every instantiation of the shared per-neuron code the CUDA kernels use (scalar, Lanes of 4
+    and 8), run here on the CPU over all template flags, matches the saved-h kernels bit for bit;
+    N = 37 leaves a tail in every lane count."""
+    T = 19
+    x, tau, v_th, u0, gs, gu = inputs(T, (37,), dtype, False, static=static, seed=2)
+    for surrogate, reset, detach in FLAGS:
+        kw = dict(static=static, T=T, reset=reset, detach=detach, surrogate=surrogate)
+        want = run_ops(x, tau, v_th, u0, gs, gu, legacy=True, **kw)
+        with cpu_value_type(value_type):
+            got = run_ops(x, tau, v_th, u0, gs, gu, **kw)
+        assert_bitwise(got, want)
+
+
+@pytest.mark.parametrize("value_type", list(VALUE_TYPES))
+@pytest.mark.parametrize("N", [1, 3, 4, 5, 8, 9, 15, 17])
+def test_lane_count_tails(value_type, N):
+    """N around every lane count (1, 4, 8): the last group is partial."""
+    T = 10
+    x, tau, v_th, u0, gs, gu = inputs(T, (N,), torch.float32, False, seed=N)
+    kw = dict(static=False, T=T, reset="hard", detach=False, surrogate="rect")
+    with cpu_value_type(value_type):
+        got = run_ops(x, tau, v_th, u0, gs, gu, **kw)
+    assert_bitwise(got, run_ops(x, tau, v_th, u0, gs, gu, legacy=True, **kw))
+
+
+@pytest.mark.parametrize("value_type", ["vectorized", "lanes4"])
+def test_sliced_and_misaligned_input(value_type):
+    """x starting one element into its storage (misaligned for 16-byte access) and a strided
+    slice: results as for a fresh copy."""
+    T, N = 11, 29
+    storage = torch.randn(T * N + 1) * 0.6 + 0.15
+    x_mis = storage[1:].view(T, N)
+    assert x_mis.is_contiguous() and x_mis.storage_offset() == 1
+    x_str = (torch.randn(T, 2 * N) * 0.6 + 0.15)[:, ::2]
+    tau, v_th = torch.tensor(0.6), torch.tensor(0.3)
+    gs, gu = torch.randn(T, N), torch.randn(N)
+    kw = dict(static=False, T=T, reset="soft", detach=False, surrogate="atan")
+    with cpu_value_type(value_type):
+        for x in (x_mis, x_str):
+            assert_bitwise(run_ops(x, tau, v_th, None, gs, gu, **kw),
+                           run_ops(x.clone(), tau, v_th, None, gs, gu, **kw))
+
+
+@pytest.mark.parametrize("value_type", list(VALUE_TYPES))
+def test_per_channel_with_one_neuron_per_channel_and_sample(value_type):
+    """(B, C) steps with per-channel parameters (I = 1, the linear-layer case): lanes of one
+    group span channels."""
+    T = 12
+    x, tau, v_th, u0, gs, gu = inputs(T, (5, 7), torch.float32, True, seed=4)
+    kw = dict(static=False, T=T, reset="hard", detach=True, surrogate="atan")
+    with cpu_value_type(value_type):
+        got = run_ops(x, tau, v_th, u0, gs, gu, **kw)
+    assert_bitwise(got, run_ops(x, tau, v_th, u0, gs, gu, legacy=True, **kw))
+    spikes_ref = alif_ref(x, tau, v_th, u0, reset="hard", detach_reset=True, surrogate="atan")
+    assert torch.equal(got[0], spikes_ref)
+
+
+@pytest.mark.parametrize("dtype,T", [(torch.float32, 5), (torch.float32, 20), (torch.bfloat16, 9)])
+def test_reduced_and_full_precision_against_reference(dtype, T):
+    """Through alif() and autograd: spikes exact, gradients within the dtype's tolerance."""
+    x, tau, v_th, u0, gs, gu = inputs(T, (2, 3, 6), dtype, True, seed=5)
+    leaves = [t.clone().requires_grad_() for t in (x, tau, v_th, u0)]
+    spikes, u_last = alif(*leaves, surrogate="atan", return_state=True)
+    ref_leaves = [t.detach().float().requires_grad_() for t in leaves]
+    spikes_r, u_r = alif_ref(*ref_leaves, surrogate="atan", return_state=True)
+    assert torch.equal(spikes, spikes_r.to(dtype))
+    got = torch.autograd.grad((spikes, u_last), leaves, (gs, gu))
+    want = torch.autograd.grad((spikes_r, u_r), ref_leaves, (gs.float(), gu.float()))
+    rtol, atol = TOL[dtype]
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a.float(), b, rtol=rtol, atol=atol * max(1.0, b.abs().max().item()))
+
+
+@pytest.mark.parametrize("T", [6, 8, 21])
+@pytest.mark.parametrize("static", [False, True])
+def test_forward_saves_x_and_per_neuron_tensors_only(T, static):
+    """What autograd keeps: the user's x itself (no copy), tau, v_th, u0 and, for T > 8, the
+    state every 8 steps ((T - 1) // 8 per-neuron rows); never a (T, N) tensor."""
+    step = (4, 3, 5)
+    N = 4 * 3 * 5
+    base = torch.randn(step, requires_grad=True)
+    x = base.unsqueeze(0).expand(T, *step) if static else torch.randn(T, *step, requires_grad=True)
+    tau = torch.tensor(0.4, requires_grad=True)
+    v_th = torch.tensor(0.2, requires_grad=True)
+    u0 = torch.zeros(step, requires_grad=True)
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+        spikes = alif(x, tau, v_th, u0)
+    source = base if static else x
+    assert any(t is source or (t.data_ptr() == source.data_ptr() and t.shape == source.shape) for t in saved)
+    per_neuron = [t for t in saved if t.data_ptr() != source.data_ptr()]
+    n_ckpt = 0 if static else (T - 1) // CHUNK
+    for t in per_neuron:
+        assert t.numel() <= max(N, n_ckpt * N), tuple(t.shape)
+    assert sum(t.numel() for t in per_neuron) <= 2 + N + n_ckpt * N
+    spikes.sum().backward()
+    assert source.grad.shape == source.shape

@@ -1,0 +1,133 @@
+"""The glue around the kernels: the ops a forward+backward dispatches (no hidden zero tensors, no
+host syncs, no extra launches), eager and compiled, for alif and taid."""
+import pytest
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+
+import alif_cuda
+from alif_cuda import ALIF, alif, taid
+
+# Ops that would mean a tensor nobody asked for, a fill, or a host sync.
+FORBIDDEN = ("zeros", "zero_", "fill_", "full", "select_backward", "expand_backward", "_local_scalar_dense",
+             "item", "_to_copy", "copy_", "lift_fresh")
+
+
+# Metadata-only ops: no kernel, no memory.
+VIEWS = ("aten::detach", "aten::view", "aten::alias", "aten::expand", "aten::unsqueeze", "aten::_unsafe_view")
+
+
+class OpLog(TorchDispatchMode):
+    """The ops dispatched below autograd, without overload names or views."""
+
+    def __init__(self):
+        super().__init__()
+        self.ops = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        name = func.name().split(".")[0]
+        if name not in VIEWS:
+            self.ops.append(name)
+        return func(*args, **(kwargs or {}))
+
+
+def logged(fn):
+    with OpLog() as log:
+        fn()
+    return log.ops
+
+
+def assert_clean(ops):
+    bad = [op for op in ops if any(op.split("::")[-1].split(".")[0] == f for f in FORBIDDEN)]
+    assert not bad, f"unexpected ops {bad} in {ops}"
+
+
+def inputs(T=5, static=False):
+    torch.manual_seed(0)
+    base = torch.randn(3, 4, 5, requires_grad=True)
+    x = base * 1.0 if static else torch.randn(T, 3, 4, 5, requires_grad=True)
+    tau = torch.tensor(0.4, requires_grad=True)
+    v_th = torch.tensor(0.2, requires_grad=True)
+    return base, x, tau, v_th
+
+
+@pytest.mark.parametrize("T", [5, 12])
+@pytest.mark.parametrize("used", ["spikes", "state", "both"])
+def test_alif_forward_backward_dispatches_only_its_ops(T, used):
+    """alif_fwd then alif_bwd and nothing else: the unused output's gradient is absent, not a
+    zeros tensor, and Python-float parameters make no tensor (after the first call) or sync."""
+    _, x, _, _ = inputs(T)
+    alif(x, 0.25, 0.2)  # the parameters' tensors are made once
+
+    def run():
+        spikes, u_last = alif(x, 0.25, 0.2, return_state=True)
+        outs = {"spikes": (spikes,), "state": (u_last,), "both": (spikes, u_last)}[used]
+        torch.autograd.grad(outs, (x,), [torch.ones_like(o) for o in outs])
+
+    ops = [op for op in logged(run) if op != "aten::ones_like"]
+    assert ops == ["alif_cuda::alif_fwd", "alif_cuda::alif_bwd"], ops
+
+
+def test_static_input_dispatches_no_expand_gradient():
+    """An x expanded from (B, ...): the kernel reads the (B, ...) tensor and writes its gradient;
+    no (T, B, ...) gradient and no sum over time."""
+    base, y, tau, v_th = inputs(static=True)
+    x = y.unsqueeze(0).expand(6, *y.shape)
+    g = torch.ones(6, *y.shape)
+    ops = logged(lambda: torch.autograd.grad(alif(x, tau, v_th), (base, tau, v_th), g))
+    assert_clean(ops)
+    assert ops == ["alif_cuda::alif_fwd", "alif_cuda::alif_bwd", "aten::mul"], ops  # mul: y = base * 1
+
+
+def test_taid_forward_backward_dispatches_only_its_ops():
+    s = torch.randn(4, 2, 3, 5, 5, requires_grad=True)
+    w = torch.randn(4, 4, requires_grad=True)
+    y, attn = taid(s, w, return_attention=True)
+    assert not attn.requires_grad
+    g = torch.ones_like(y)
+    ops = logged(lambda: torch.autograd.grad(taid(s, w), (s, w), g))
+    assert ops == ["alif_cuda::taid_fwd", "alif_cuda::taid_bwd"], ops
+
+
+@pytest.mark.parametrize("tau_param,expected", [
+    ("direct", ["alif_cuda::alif_fwd", "alif_cuda::alif_bwd"]),
+    ("sigmoid", ["aten::sigmoid", "alif_cuda::alif_fwd", "alif_cuda::alif_bwd", "aten::sigmoid_backward"]),
+])
+def test_alif_layer_launch_count(tau_param, expected):
+    """One ALIF layer with scalar parameters: with tau stored directly, a forward+backward is
+    alif_fwd (one kernel) and alif_bwd (two on CUDA: the fused BPTT and the sum of its block
+    partials), 3 launches; the sigmoid parameterisation adds its own two elementwise ops."""
+    layer = ALIF(tau_param=tau_param)
+    _, x, _, _ = inputs()
+    g = torch.ones(x.shape)
+    params = [p for p in layer.parameters()]
+    ops = logged(lambda: torch.autograd.grad(layer(x), [x, *params], g))
+    assert ops == expected, ops
+
+
+def test_compiled_forward_backward_makes_no_hidden_tensors():
+    """Under torch.compile (aot_eager, so the graph's ATen ops are dispatched one by one), the
+    joint graph of alif and taid has no zeros, fills or copies either."""
+    _, x, tau, v_th = inputs(10)
+    s = torch.randn(4, 2, 3, 5, 5, requires_grad=True)
+    w = torch.randn(4, 4, requires_grad=True)
+
+    def f(x, tau, v_th, s, w):
+        spikes, u_last = alif(x, tau, v_th, return_state=True)
+        return spikes, taid(s, w)
+
+    compiled = torch.compile(f, backend="aot_eager", fullgraph=True)
+    spikes, y = compiled(x, tau, v_th, s, w)
+    g1, g2 = torch.ones_like(spikes), torch.ones_like(y)
+    # A dispatch mode would stop torch.compile; the profiler sees the same ATen calls.
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        out = compiled(x, tau, v_th, s, w)
+        torch.autograd.grad(out, (x, tau, v_th, s, w), (g1, g2))
+    ops = [e.name for e in prof.events()]
+    assert_clean(ops)
+    for op in ("alif_cuda::alif_fwd", "alif_cuda::alif_bwd", "alif_cuda::taid_fwd", "alif_cuda::taid_bwd"):
+        assert ops.count(op) == 1, ops
+
+
+def test_cuda_kernels_query_is_cached():
+    assert alif_cuda.cuda_kernels_available() is alif_cuda.cuda_kernels_available()
+    assert alif_cuda.ops._CUDA_KERNELS is not None
