@@ -198,7 +198,8 @@ def alif(
 ) -> Union[Tensor, Tuple[Tensor, Tensor]]:
     """Adaptive leaky integrate-and-fire neurons over T time steps, fused in one kernel.
 
-    x: (T, B, ...) input current, float32/float64 on CPU, float32/float16/bfloat16/float64 on CUDA.
+    x: (T, B, ...) input current, float32/float64/float16/bfloat16 (the last two computed in
+       float32, on the CPU too, so CPU autocast works).
        An x expanded over time from a (B, ...) tensor (stride 0 along dim 0, e.g.
        ``y.unsqueeze(0).expand(T, *y.shape)``) is read once and its gradient is the sum over time,
        without materialising T copies.
