@@ -263,8 +263,8 @@ def taid(
 ) -> Union[Tensor, Tuple[Tensor, Tensor]]:
     """Temporal attention image decoding (TAID), forward and backward each one fused kernel.
 
-    s: (T, B, C, H, W) real-valued decoder output (float32/float64 on CPU, also float16/bfloat16
-       on CUDA); w: (T, T) attention weights (any float dtype; used in the math dtype).
+    s: (T, B, C, H, W) real-valued decoder output (float32/float64/float16/bfloat16, the last
+       two computed in float32); w: (T, T) attention weights (any float dtype; used in the math dtype).
         X[t, b, c] = mean over (h, w) of s[t, b, c]               (squeeze)
         A[t, b, c] = sigmoid(sum_t' w[t, t'] X[t', b, c])          (temporal attention)
         y[b, c]    = sum_t A[t, b, c] * s[t, b, c]  (/ T for reduce="mean")

@@ -202,3 +202,10 @@ def test_cpu_autocast_runs_alif_in_bfloat16_storage():
     assert torch.equal(spikes.float(), ref) and 0 < ref.mean() < 1
     spikes.float().sum().backward()
     assert lin.weight.grad is not None and torch.isfinite(layer.tau_raw.grad)
+
+
+def test_reference_accepts_python_float_parameters():
+    x = torch.randn(6, 2, 3, dtype=torch.float64)
+    want = alif_ref(x, torch.tensor(0.5, dtype=torch.float64), torch.tensor(0.2, dtype=torch.float64))
+    assert torch.equal(alif_ref(x, 0.5, 0.2), want)
+    assert torch.equal(alif(x, 0.5, 0.2), want)
