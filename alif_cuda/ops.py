@@ -198,7 +198,8 @@ def alif(
 ) -> Union[Tensor, Tuple[Tensor, Tensor]]:
     """Adaptive leaky integrate-and-fire neurons over T time steps, fused in one kernel.
 
-    x: (T, B, ...) input current, float32/float64 on CPU, float32/float16/bfloat16/float64 on CUDA.
+    x: (T, B, ...) input current, float32/float64/float16/bfloat16 (the last two computed in
+       float32, on the CPU too, so CPU autocast works).
        An x expanded over time from a (B, ...) tensor (stride 0 along dim 0, e.g.
        ``y.unsqueeze(0).expand(T, *y.shape)``) is read once and its gradient is the sum over time,
        without materialising T copies.
@@ -262,8 +263,8 @@ def taid(
 ) -> Union[Tensor, Tuple[Tensor, Tensor]]:
     """Temporal attention image decoding (TAID), forward and backward each one fused kernel.
 
-    s: (T, B, C, H, W) real-valued decoder output (float32/float64 on CPU, also float16/bfloat16
-       on CUDA); w: (T, T) attention weights (any float dtype; used in the math dtype).
+    s: (T, B, C, H, W) real-valued decoder output (float32/float64/float16/bfloat16, the last
+       two computed in float32); w: (T, T) attention weights (any float dtype; used in the math dtype).
         X[t, b, c] = mean over (h, w) of s[t, b, c]               (squeeze)
         A[t, b, c] = sigmoid(sum_t' w[t, t'] X[t', b, c])          (temporal attention)
         y[b, c]    = sum_t A[t, b, c] * s[t, b, c]  (/ T for reduce="mean")

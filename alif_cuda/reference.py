@@ -4,6 +4,7 @@ Slow on purpose: every step is a handful of separate PyTorch ops, so the math is
 the gradients come from autograd, not from hand-derived formulas.
 """
 import math
+from typing import Union
 
 import torch
 from torch import Tensor
@@ -52,8 +53,8 @@ def _per_channel_view(p: Tensor, step_dims: int) -> Tensor:
 
 def alif_ref(
     x: Tensor,
-    tau: Tensor,
-    v_th: Tensor,
+    tau: Union[float, Tensor],
+    v_th: Union[float, Tensor],
     u0: Tensor = None,
     *,
     surrogate: str = "rect",
@@ -65,7 +66,8 @@ def alif_ref(
 ):
     """Adaptive LIF over T steps, as an explicit loop.
 
-    x: (T, B, ...); tau, v_th: () or (C,) with C = x.shape[2]; u0: (B, ...) or None (zeros).
+    x: (T, B, ...); tau, v_th: () or (C,) with C = x.shape[2], or Python floats (as for
+    :func:`alif_cuda.alif`: float64 for float64 x, else float32); u0: (B, ...) or None (zeros).
     For t = 0..T-1, with u_{-1} = u0:
         h_t = tau * u_{t-1} + x_t
         o_t = H(h_t - v_th)                        (surrogate gradient in backward)
@@ -74,6 +76,11 @@ def alif_ref(
     state u_{T-1} (B, ...) too when return_state.
     """
     check_alif_options(surrogate, width, alpha, reset)
+    param_dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
+    tau, v_th = (
+        p if isinstance(p, Tensor) else torch.tensor(float(p), dtype=param_dtype, device=x.device)
+        for p in (tau, v_th)
+    )
     step_dims = x.dim() - 1
     tau_b = _per_channel_view(tau, step_dims)
     vth_b = _per_channel_view(v_th, step_dims)

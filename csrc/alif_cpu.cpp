@@ -119,7 +119,8 @@ inline void store(scalar_t* p, const V& v, int cnt) {
   using Tr = LaneTraits<V>;
   using acc_t = typename Tr::acc_t;
   if constexpr (kIsVectorized<V> && std::is_same_v<scalar_t, acc_t>) {
-    v.store(p, cnt);
+    // A full group's store has a compile-time size (a partial one is a memcpy call).
+    cnt == Tr::size ? v.store(p) : v.store(p, cnt);
   } else {
     acc_t a[Tr::size];
     Tr::to(v, a);
@@ -196,13 +197,19 @@ void for_each_group(const AlifParams& p, const CpuPtrs<scalar_t>& q, F&& body) {
   constexpr int L = LaneTraits<V>::size;
   const int64_t groups = (p.N + L - 1) / L;
   const SurrogateScalars<acc_t> sur(p);
+  const bool per_channel = p.tau_per_channel || p.vth_per_channel;
   at::parallel_for(0, groups, std::max<int64_t>(1, 2048 / L), [&](int64_t g0, int64_t g1) {
+    // Scalar parameters: the constants are the same for every group, built once per task.
+    const auto shared = make_consts(V(q.tau[0]), V(q.v_th[0]), sur);
     for (int64_t gi = g0; gi < g1; ++gi) {
       const int64_t n = gi * L;
       const int cnt = static_cast<int>(std::min<int64_t>(L, p.N - n));
-      const auto c = make_consts(lane_param<V>(p, q.tau, p.tau_per_channel, n),
-                                 lane_param<V>(p, q.v_th, p.vth_per_channel, n), sur);
-      body(n, cnt, c);
+      if (per_channel) {
+        body(n, cnt, make_consts(lane_param<V>(p, q.tau, p.tau_per_channel, n),
+                                 lane_param<V>(p, q.v_th, p.vth_per_channel, n), sur));
+      } else {
+        body(n, cnt, shared);
+      }
     }
   });
 }

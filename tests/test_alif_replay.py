@@ -184,3 +184,28 @@ def test_forward_saves_x_and_per_neuron_tensors_only(T, static):
     assert sum(t.numel() for t in per_neuron) <= 2 + N + n_ckpt * N
     spikes.sum().backward()
     assert source.grad.shape == source.shape
+
+
+def test_cpu_autocast_runs_alif_in_bfloat16_storage():
+    """Under CPU autocast a linear layer hands ALIF bfloat16 currents: the op takes them as they
+    are (float32 math inside), spikes equal the float32 reference on the same values."""
+    from alif_cuda import ALIF
+
+    torch.manual_seed(0)
+    lin, layer = torch.nn.Linear(6, 8), ALIF(v_th=0.1)
+    x = torch.randn(4, 3, 6)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        h = lin(x)
+        spikes = layer(h)
+    assert h.dtype == spikes.dtype == torch.bfloat16
+    ref = alif_ref(h.detach().float(), layer.tau.detach().float(), layer.v_th.detach().float())
+    assert torch.equal(spikes.float(), ref) and 0 < ref.mean() < 1
+    spikes.float().sum().backward()
+    assert lin.weight.grad is not None and torch.isfinite(layer.tau_raw.grad)
+
+
+def test_reference_accepts_python_float_parameters():
+    x = torch.randn(6, 2, 3, dtype=torch.float64)
+    want = alif_ref(x, torch.tensor(0.5, dtype=torch.float64), torch.tensor(0.2, dtype=torch.float64))
+    assert torch.equal(alif_ref(x, 0.5, 0.2), want)
+    assert torch.equal(alif(x, 0.5, 0.2), want)
