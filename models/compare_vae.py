@@ -6,7 +6,8 @@ trained on one dataset, all measured with one FAD autoencoder.
 
 Runs go to OUT/<name>/ and are resumable (a finished run is skipped, an interrupted one resumes).
 Writes OUT/comparison.md (reconstruction MSE, FAD as FSVAE computes it, IS / FID where Inception
-weights are given, the paper's values beside) and OUT/<name>_samples.png, one grid per model. A
+weights are given, the paper's values beside), OUT/<name>_samples.png (one titled grid per model) and
+OUT/samples_side_by_side.png (the three grids in one figure). A
 model whose samples are all one image is flagged in the table and warned about: its metrics
 rank nothing. A run below the budget is labelled a smoke run.
 """
@@ -16,11 +17,15 @@ import sys
 from pathlib import Path
 from typing import List, Optional
 
+import torch
+
 from . import evaluate_vae, sample_vae, train_fad_ae, train_vae
 from .data import DEFAULT_DATA_DIR
 from .fad import FEATURE_BN
 from .training import CHECKPOINT, HelpFormatter
 
+SIDE_BY_SIDE = "samples_side_by_side.png"
+LABELS = {"fsvae_taid": "FSVAE + TAID", "fsvae_membrane": "FSVAE + membrane", "ann_vae": "ANN VAE"}
 MODELS = [("fsvae_taid", ["--model", "fsvae", "--decoder", "taid"]),
           ("fsvae_membrane", ["--model", "fsvae", "--decoder", "membrane"]),
           ("ann_vae", ["--model", "ann"])]
@@ -74,7 +79,7 @@ def main(argv: Optional[List[str]] = None) -> str:
         if value is not None:
             common += [flag, str(value)]
     run_or_resume(train_fad_ae.main, out / "fad_ae", common + ["--out", str(out / "fad_ae"), "--epochs", str(args.fad_epochs)])
-    rows, flagged = [], []
+    rows, flagged, panels = [], [], []
     for name, model_args in MODELS:
         run_dir = out / name
         run_or_resume(train_vae.main, run_dir, common + model_args + ["--out", str(run_dir), "--epochs", str(args.epochs),
@@ -91,6 +96,8 @@ def main(argv: Optional[List[str]] = None) -> str:
         sample_dir = sample_vae.main(["--checkpoint", str(run_dir / CHECKPOINT), "--out", str(run_dir / "samples"),
                                       "--num-samples", "64", "--device", args.device])
         shutil.copyfile(sample_dir / "samples.png", out / f"{name}_samples.png")
+        panels.append((f"{LABELS[name]}{' (CONSTANT)' if m['samples_constant'] else ''}",
+                       torch.load(sample_dir / "samples.pt")))
         paper = PAPER[args.dataset][name]
         if m["samples_constant"]:
             flagged.append(name)
@@ -115,6 +122,8 @@ def main(argv: Optional[List[str]] = None) -> str:
         *rows,
     ])
     (out / "comparison.md").write_text(table + "\n")
+    sample_vae.save_grids(panels, out / SIDE_BY_SIDE, title=f"{args.dataset}: 64 samples per model after {args.epochs} "
+                          f"epochs{' (smoke run)' if smoke else ''}")
     print(table)
     return table
 

@@ -2,17 +2,17 @@
 
     python -m models.sample_vae --checkpoint RUN_DIR/checkpoint.pt --out DIR [--num-samples 64] [--data-dir DIR]
 
-Writes DIR/samples.png (a grid), DIR/samples.pt (the images, (N, C, H, W) in [-1, 1]) and, with
+Writes DIR/samples.png (a titled grid), DIR/samples.pt (the images, (N, C, H, W) in [-1, 1]) and, with
 --data-dir, DIR/reconstructions.png (test images above their reconstructions).
 """
 import argparse
 import math
 import sys
 from pathlib import Path
-from typing import List, Optional
+from typing import Dict, List, Optional, Tuple
 
 import torch
-from torchvision.utils import save_image
+from torchvision.utils import make_grid
 
 from . import metrics
 from . import training as tr
@@ -34,8 +34,43 @@ def load_vae(checkpoint: str, device):
     return model.eval(), ckpt
 
 
-def save_grid(images: torch.Tensor, path: Path, nrow: Optional[int] = None) -> None:
-    save_image((images.float().clamp(-1, 1) + 1) / 2, str(path), nrow=nrow or int(math.ceil(math.sqrt(len(images)))))
+def image_grid(images: torch.Tensor, nrow: Optional[int] = None) -> torch.Tensor:
+    """(N, C, H, W) images in [-1, 1] -> one (H', W', 3) grid in [0, 1] for matplotlib."""
+    grid = make_grid((images.float().clamp(-1, 1) + 1) / 2, nrow=nrow or int(math.ceil(math.sqrt(len(images)))),
+                     padding=2, pad_value=1.0)
+    return grid.permute(1, 2, 0).clamp(0, 1)
+
+
+def save_grids(panels: List[Tuple[str, torch.Tensor]], path: Path, title: Optional[str] = None,
+               nrow: Optional[int] = None) -> None:
+    """One PNG with each (title, images) panel side by side, each panel titled."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    grids = [(name, image_grid(images, nrow)) for name, images in panels]
+    width = sum(g.shape[1] / g.shape[0] for _, g in grids)
+    fig, axes = plt.subplots(1, len(grids), figsize=(1.0 + 3.2 * width, 3.8 if title else 3.5), squeeze=False)
+    for ax, (name, grid) in zip(axes[0], grids):
+        ax.imshow(grid.numpy(), interpolation="nearest")
+        ax.set_title(name, fontsize=10)
+        ax.axis("off")
+    if title:
+        fig.suptitle(title, fontsize=11)
+    fig.tight_layout()
+    fig.savefig(str(path), dpi=150)
+    plt.close(fig)
+
+
+def save_grid(images: torch.Tensor, path: Path, title: str, nrow: Optional[int] = None) -> None:
+    save_grids([(title, images)], path, nrow=nrow)
+
+
+def describe(ckpt: Dict) -> str:
+    """e.g. 'FSVAE + TAID decoding, epoch 150' from a train_vae checkpoint."""
+    cfg = ckpt["model_config"]
+    name = "ANN VAE" if cfg.get("model") == "ann" else f"FSVAE + {cfg.get('decoder', '?')} decoding"
+    return f"{name}, epoch {ckpt['epoch']}"
 
 
 def main(argv: Optional[List[str]] = None) -> Path:
@@ -65,13 +100,14 @@ def main(argv: Optional[List[str]] = None) -> Path:
     if metrics.constant_samples(samples):
         print(f"warning: all {len(samples)} samples are the same image: the generator is silent or collapsed",
               file=sys.stderr, flush=True)
-    save_grid(samples, out / "samples.png")
+    save_grid(samples, out / "samples.png", f"{describe(ckpt)}: {len(samples)} samples")
     torch.save(samples, out / "samples.pt")
     if test is not None:
         originals = torch.stack([test[i][0] for i in range(min(16, len(test)))])
         with torch.no_grad():
             recon = model.reconstruct(originals.to(device)).cpu()
-        save_grid(torch.cat([originals, recon]), out / "reconstructions.png", nrow=len(originals))
+        save_grid(torch.cat([originals, recon]), out / "reconstructions.png",
+                  f"{describe(ckpt)}: test images (top) and their reconstructions (bottom)", nrow=len(originals))
     print(f"wrote {out / 'samples.png'} and {out / 'samples.pt'} ({len(samples)} samples)")
     return out
 

@@ -292,7 +292,9 @@ def test_gpu_verify_reads_its_parts_with_stand_in_commands(monkeypatch, tmp_path
     assert gpu_check.main(["--out", str(tmp_path), "verify"]) == 1  # its build is a stand-in too
     results = json.loads((tmp_path / "verify" / "results.json").read_text())
     status = {p["name"]: p["status"] for p in results["parts"]}
-    assert status == {"env": "passed", "wheels": "passed", "build": "passed", "kernel_report": "passed", "tests": "failed",
+    # wheels/ is git-ignored: present where someone downloaded the wheels, absent in a fresh clone.
+    wheels = "passed" if (gpu_check.ROOT / "wheels").is_dir() else "skipped"
+    assert status == {"env": "passed", "wheels": wheels, "build": "passed", "kernel_report": "passed", "tests": "failed",
                       "memcheck": "failed", "racecheck": "passed", "bench_alif_fp32": "passed", "bench_alif_bf16": "passed",
                       "bench_taid": "passed", "bench_train": "passed"}
     met = {t["id"]: (t["value"], t["met"]) for t in results["targets"]}

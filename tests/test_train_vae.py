@@ -5,6 +5,9 @@ import json
 import re
 from pathlib import Path
 
+import matplotlib
+import matplotlib.axes
+import matplotlib.pyplot as plt
 import pytest
 import torch
 
@@ -82,6 +85,18 @@ def test_sample_vae_writes_grids_and_images_in_range(trained, data_dir, tmp_path
     assert (out / "samples.png").stat().st_size > 0 and (out / "reconstructions.png").stat().st_size > 0
 
 
+def test_sample_grids_are_titled_with_the_model_and_epoch(monkeypatch, tmp_path):
+    titles = []
+    real_title = matplotlib.axes.Axes.set_title
+    monkeypatch.setattr(matplotlib.axes.Axes, "set_title", lambda ax, t, **kw: (titles.append(t), real_title(ax, t, **kw)))
+    ckpt = {"model_config": {"model": "fsvae", "decoder": "taid"}, "epoch": 7}
+    sample_vae.save_grid(torch.rand(6, 1, 8, 8) * 2 - 1, tmp_path / "g.png", f"{sample_vae.describe(ckpt)}: 6 samples")
+    assert titles == ["FSVAE + taid decoding, epoch 7: 6 samples"]
+    image = plt.imread(tmp_path / "g.png")
+    assert image.ndim == 3 and image.std() > 0
+    assert sample_vae.describe({"model_config": {"model": "ann"}, "epoch": 3}) == "ANN VAE, epoch 3"
+
+
 def test_evaluate_vae_reports_mse_fad_and_what_it_could_not_compute(trained, data_dir, tmp_path):
     report = evaluate_vae.main(["--checkpoint", str(trained / "vae" / "checkpoint.pt"), "--data-dir", data_dir,
                                 "--fad-ae", str(trained / "fad" / "checkpoint.pt"), "--num-samples", "12",
@@ -105,6 +120,8 @@ def test_compare_vae_writes_the_table_and_one_grid_per_model(data_dir, tmp_path)
     assert "A smoke run" in table and all(r.split("|")[2].strip() in ("varied", "CONSTANT") for r in rows)
     for name in ("fsvae_taid", "fsvae_membrane", "ann_vae"):
         assert (tmp_path / "cmp" / f"{name}_samples.png").is_file()
+    side_by_side = plt.imread(tmp_path / "cmp" / compare_vae.SIDE_BY_SIDE)
+    assert side_by_side.shape[1] > 2 * side_by_side.shape[0]  # three grids in a row under one title
     assert (tmp_path / "cmp" / "comparison.md").read_text().strip() == table.strip()
 
 
