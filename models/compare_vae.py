@@ -50,22 +50,22 @@ def fmt(value, digits=4):
 
 def main(argv: Optional[List[str]] = None) -> str:
     p = argparse.ArgumentParser(prog="python -m models.compare_vae", description=__doc__, formatter_class=HelpFormatter)
-    p.add_argument("--dataset", choices=train_vae.DATASETS, required=True)
+    p.add_argument("--dataset", choices=train_vae.DATASETS, required=True, help="which dataset (read from --data-dir)")
     p.add_argument("--data-dir", default=None, help=f"default: {DEFAULT_DATA_DIR}")
-    p.add_argument("--out", required=True)
+    p.add_argument("--out", required=True, help="directory for the runs, comparison.md and the sample figures (resumable)")
     p.add_argument("--budget", choices=tuple(train_vae.BUDGETS), default="fsvae",
                    help="the VAEs' epochs and batch size: fsvae 150 x 250, paper 300 x 200")
     p.add_argument("--epochs", type=int, default=None, help="override the budget's epochs")
-    p.add_argument("--fad-epochs", type=int, default=150)
+    p.add_argument("--fad-epochs", type=int, default=150, help="epochs of the FAD autoencoder")
     p.add_argument("--batch-size", type=int, default=None, help="override the budget's batch size")
-    p.add_argument("--fad-bn", choices=FEATURE_BN, default="batch")
-    p.add_argument("--num-samples", type=int, default=5000)
-    p.add_argument("--subset", type=int, default=None)
-    p.add_argument("--test-subset", type=int, default=None)
-    p.add_argument("--device", default="auto")
-    p.add_argument("--amp", default="none")
-    p.add_argument("--workers", type=int, default=4)
-    p.add_argument("--inception-weights", default=None)
+    p.add_argument("--fad-bn", choices=FEATURE_BN, default="batch", help="FAD features with batch statistics (FSVAE's way) or the running ones")
+    p.add_argument("--num-samples", type=int, default=5000, help="generated images per model for FAD / IS / FID")
+    p.add_argument("--subset", type=int, default=None, help="train on the first N training images (default: all)")
+    p.add_argument("--test-subset", type=int, default=None, help="evaluate on the first N test images (default: all)")
+    p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu or cuda")
+    p.add_argument("--amp", default="none", help="mixed precision of the training runs: none, bf16 or fp16")
+    p.add_argument("--workers", type=int, default=4, help="data-loader workers (capped by the CPU count)")
+    p.add_argument("--inception-weights", default=None, help="a local torchvision Inception-v3 weights file for IS / FID (nothing is downloaded; without it they are null)")
     args = p.parse_args(argv)
     args.data_dir = args.data_dir or DEFAULT_DATA_DIR
     budget_epochs, budget_batch = train_vae.BUDGETS[args.budget]

@@ -56,17 +56,17 @@ def constant_warning(samples: torch.Tensor) -> Optional[str]:
 
 def main(argv: Optional[List[str]] = None) -> Dict:
     p = argparse.ArgumentParser(prog="python -m models.evaluate_vae", description=__doc__, formatter_class=tr.HelpFormatter)
-    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--checkpoint", required=True, help="a train_vae run's checkpoint.pt")
     p.add_argument("--data-dir", default=None, help=f"default: {DEFAULT_DATA_DIR}")
     p.add_argument("--fad-ae", default=None, help="checkpoint of models.train_fad_ae for this dataset")
     p.add_argument("--fad-bn", choices=FEATURE_BN, default="batch",
                    help="FAD autoencoder BatchNorm: batch statistics per 256 images (FSVAE) or running (eval mode)")
     p.add_argument("--inception-weights", default=None, help="torchvision inception_v3 ImageNet state dict (local file)")
-    p.add_argument("--num-samples", type=int, default=5000)
+    p.add_argument("--num-samples", type=int, default=5000, help="generated images for FAD / IS / FID")
     p.add_argument("--test-subset", type=int, default=None, help="use the first N test images")
-    p.add_argument("--batch-size", type=int, default=250)
-    p.add_argument("--device", default="auto")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch-size", type=int, default=250, help="batch size of sampling and evaluation")
+    p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu or cuda")
+    p.add_argument("--seed", type=int, default=0, help="random seed of the sampling")
     p.add_argument("--out", default=None, help="also write the metrics here (JSON)")
     args = p.parse_args(argv)
     args.data_dir = args.data_dir or DEFAULT_DATA_DIR

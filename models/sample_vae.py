@@ -75,12 +75,12 @@ def describe(ckpt: Dict) -> str:
 
 def main(argv: Optional[List[str]] = None) -> Path:
     p = argparse.ArgumentParser(prog="python -m models.sample_vae", description=__doc__, formatter_class=tr.HelpFormatter)
-    p.add_argument("--checkpoint", required=True)
-    p.add_argument("--out", required=True)
-    p.add_argument("--num-samples", type=int, default=64)
+    p.add_argument("--checkpoint", required=True, help="a train_vae run's checkpoint.pt")
+    p.add_argument("--out", required=True, help="directory for samples.png, samples.pt (and reconstructions.png)")
+    p.add_argument("--num-samples", type=int, default=64, help="how many images to sample")
     p.add_argument("--data-dir", default=None, help="also write reconstructions of the first test images")
-    p.add_argument("--device", default="auto")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu or cuda")
+    p.add_argument("--seed", type=int, default=0, help="random seed of the sampling")
     args = p.parse_args(argv)
     if args.num_samples < 1:
         p.error(f"--num-samples must be >= 1, got {args.num_samples}")

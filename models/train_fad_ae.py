@@ -32,9 +32,9 @@ def evaluate(model, loader, device):
 def main(argv: Optional[List[str]] = None):
     p = argparse.ArgumentParser(prog="python -m models.train_fad_ae", description=__doc__,
                                 formatter_class=tr.HelpFormatter)
-    p.add_argument("--dataset", choices=DATASETS, required=True)
+    p.add_argument("--dataset", choices=DATASETS, required=True, help="which dataset the FAD autoencoder learns (read from --data-dir)")
     tr.add_run_args(p, epochs=150, batch_size=250, lr=1e-3, seed=0)
-    p.add_argument("--weight-decay", type=float, default=0.01)
+    p.add_argument("--weight-decay", type=float, default=0.01, help="AdamW's weight decay")
     args = p.parse_args(argv)
     tr.validate_run_args(args, p, lambda: check_image_data_dir(args.dataset, args.data_dir, args.download))
     d, device, ckpt = tr.prepare_run(args, p)
