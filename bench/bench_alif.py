@@ -33,7 +33,7 @@ from alif_cuda import alif, alif_ref
 from common import (RESULTS_DIR, copy_gbps, device_name, device_slug, markdown_table, peak_extra_mb, time_ms,
                     write_results)
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16, "float16": torch.float16}
 PROVIDERS = ("alif_cuda", "reference", "reference+compile", "spikingjelly")
 
 

@@ -1,16 +1,17 @@
 // CPU kernels of the alif op family: float32, float64, and float16/bfloat16 storage with float32
 // math (so CPU autocast works). The time loops are alif.h's, the ones the CUDA kernels run.
 //
-// The kernels are in alif_cpu_kernels.h. Work is split over groups of neurons, one value V a
-// group: at::vec::Vectorized (8 floats or 4 doubles; this build compiles ATen's generic version
-// of it), a masked load and store for the last, shorter group. For the tests, the value type can
+// The kernels are in alif_cpu_kernels.h, compiled here for the baseline instruction set and in
+// alif_cpu_avx2.cpp for AVX2 (picked at run time). Work is split over groups of neurons, one
+// value V a group: at::vec::Vectorized (8 floats or 4 doubles; the baseline copy gets ATen's
+// generic version of it, the AVX2 copy its intrinsics), a masked load and store for the last,
+// shorter group. For the tests, the value type can
 // be switched at run time to the ones the CUDA kernels use (a scalar, Lanes<float, 4 or 8>), so
 // this build executes every instantiation of the shared code that the GPU runs. Large fresh
 // outputs are asked for in huge pages (advise_huge_pages).
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
-#include <ATen/cpu/vec/vec.h>
 #include <ATen/ops/empty.h>
 #include <torch/library.h>
 
@@ -23,44 +24,9 @@
 #include <sys/mman.h>
 #endif
 
-namespace alif_cuda {
-
-// Declared before alif.h so its templates find them (ordinary lookup; ADL would look in
-// at::vec). The shared code's comparison and negation helpers for Vectorized: its members give 1 or 0
-// per lane (ge/lt/gt) and negate exactly. Vectorized's * and + are separate instructions (this
-// build enables no FMA), so every lane rounds as the scalar code does.
-template <typename T>
-inline at::vec::Vectorized<T> ge01(const at::vec::Vectorized<T>& a, const at::vec::Vectorized<T>& b) {
-  return a.ge(b);
-}
-template <typename T>
-inline at::vec::Vectorized<T> lt01(const at::vec::Vectorized<T>& a, const at::vec::Vectorized<T>& b) {
-  return a.lt(b);
-}
-template <typename T>
-inline at::vec::Vectorized<T> gt01(const at::vec::Vectorized<T>& a, const at::vec::Vectorized<T>& b) {
-  return a.gt(b);
-}
-template <typename T>
-inline at::vec::Vectorized<T> neg(const at::vec::Vectorized<T>& a) {
-  return a.neg();
-}
-// Lane by lane with the C library's exp, as alif.h's scalar and Lanes exp_of: every CPU value
-// type gives the sigmoid surrogate the same bits.
-template <typename T>
-inline at::vec::Vectorized<T> exp_of(const at::vec::Vectorized<T>& a) {
-  return a.map([](T v) -> T {
-    if constexpr (std::is_same_v<T, float>) {
-      return expf(v);
-    } else {
-      return exp(v);
-    }
-  });
-}
-
-}  // namespace alif_cuda
-
+#include "alif_cpu_vec.h"
 #include "alif.h"
+#include "alif_cpu_isa.h"
 
 
 namespace alif_cuda {
@@ -72,15 +38,18 @@ namespace isa_default {
 }  // namespace isa_default
 
 // Which value type the CPU kernels run (see _set_cpu_value_type in the registration below).
-enum class CpuValueType : int64_t { Vectorized = 0, Scalar = 1, Lanes4 = 2, Lanes8 = 3 };
+enum class CpuValueType : int64_t { Default = 0, Scalar = 1, Lanes4 = 2, Lanes8 = 3, Baseline = 4 };
 std::atomic<int64_t> g_value_type{0};
 
-// Calls run<V>() with the value type selected for this storage type: at::vec::Vectorized by
-// default; the test hook can pick the value types a CUDA thread runs.
-template <typename scalar_t, typename F>
-void with_value_type(F&& f) {
+// Runs the kernels (fwd or bwd) with the value type selected for this storage type: by default
+// the AVX2 copy (alif_cpu_avx2.cpp) where the CPU has AVX2, else at::vec::Vectorized in the
+// baseline copy below; the test hook can pick the baseline copy or the value types a CUDA thread
+// runs.
+template <typename scalar_t, typename Avx2, typename F>
+void with_value_type(Avx2&& avx2_kernels, F&& f) {
   using acc_t = at::opmath_type<scalar_t>;
   const auto kind = static_cast<CpuValueType>(g_value_type.load(std::memory_order_relaxed));
+  if (kind == CpuValueType::Default && avx2::available()) return avx2_kernels();
   if constexpr (std::is_same_v<scalar_t, acc_t>) {
     if (kind == CpuValueType::Scalar) return f(acc_t{});
   }
@@ -187,7 +156,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> alif_fwd_cpu(
     q.u_ckpt = mut_ptr_or_null<acc_t>(out.u_ckpt);
     q.spikes = out.spikes.data_ptr<scalar_t>();
     q.u_last = out.u_last.data_ptr<scalar_t>();
-    with_value_type<scalar_t>([&](auto v) { isa_default::run_alif_fwd<decltype(v)>(p, q); });
+    with_value_type<scalar_t>([&] { avx2::alif_fwd(p, q); },
+                              [&](auto v) { isa_default::run_alif_fwd<decltype(v)>(p, q); });
   });
   return {out.spikes, out.u_last, out.u_ckpt};
 }
@@ -223,7 +193,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> alif_bwd_cpu(
     q.grad_u0 = mut_ptr_or_null<scalar_t>(buf.grad_u0);
     q.dtau_n = per_neuron.data_ptr<acc_t>();
     q.dvth_n = q.dtau_n + p.N;
-    with_value_type<scalar_t>([&](auto v) { isa_default::run_alif_bwd<decltype(v)>(p, q); });
+    with_value_type<scalar_t>([&] { avx2::alif_bwd(p, q); },
+                              [&](auto v) { isa_default::run_alif_bwd<decltype(v)>(p, q); });
     const auto [sum_tau, sum_vth] = sum_per_channel(p, q.dtau_n, q.dvth_n, acc_opts);
     grad_tau = param_grad(sum_tau, tau);
     grad_vth = param_grad(sum_vth, v_th);
@@ -231,21 +202,26 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> alif_bwd_cpu(
   return {buf.grad_x, grad_tau, grad_vth, buf.grad_u0};
 }
 
-// Test hook: selects the CPU kernels' value type (0 Vectorized, the default; 1 the scalar a CUDA
-// thread runs; 2 and 3 Lanes<float, 4> and <float, 8>, the CUDA 16-byte paths; the Lanes apply
-// to float32 storage, the scalar to float32/float64). Returns the previous one.
+// Test hook: selects the CPU kernels' value type. 0, the default: the AVX2 copy's Vectorized
+// where the CPU has AVX2, else the baseline's; 1 the scalar a CUDA thread runs; 2 and 3
+// Lanes<float, 4> and <float, 8>, the CUDA 16-byte paths; 4 Vectorized in the baseline copy. The
+// Lanes apply to float32 storage, the scalar to float32/float64 (other dtypes run Vectorized).
+// Returns the previous one.
 int64_t set_cpu_value_type(int64_t kind) {
-  TORCH_CHECK(kind >= 0 && kind <= 3,
-              "_set_cpu_value_type: kind must be 0 (Vectorized), 1 (scalar), 2 (Lanes<float, 4>) "
-              "or 3 (Lanes<float, 8>), got ",
+  TORCH_CHECK(kind >= 0 && kind <= 4,
+              "_set_cpu_value_type: kind must be 0 (default), 1 (scalar), 2 (Lanes<float, 4>), "
+              "3 (Lanes<float, 8>) or 4 (Vectorized, baseline copy), got ",
               kind);
   return g_value_type.exchange(kind);
 }
+
+bool cpu_uses_avx2() { return avx2::available(); }
 
 }  // namespace
 
 TORCH_LIBRARY_FRAGMENT(alif_cuda, m) {
   m.def("_set_cpu_value_type(int kind) -> int", &set_cpu_value_type);
+  m.def("_cpu_uses_avx2() -> bool", &cpu_uses_avx2);
 }
 
 TORCH_LIBRARY_IMPL(alif_cuda, CPU, m) {

@@ -2,6 +2,8 @@
 of the shared code (the CUDA kernels' too) executed on the CPU, chunk and lane tails, sliced
 input, and what the forward keeps for backward."""
 import itertools
+import os
+import platform
 from contextlib import contextmanager
 
 import pytest
@@ -11,9 +13,10 @@ from alif_cuda import alif, alif_ref
 from conftest import TOL
 
 CHUNK = 8  # csrc/alif.h kChunk
-# The CPU kernels' value types: Vectorized (the default), and the ones a CUDA thread runs: a
+# The CPU kernels' value types: the default (Vectorized in the AVX2 copy where the CPU has AVX2,
+# else in the baseline copy), Vectorized in the baseline copy, and the ones a CUDA thread runs: a
 # scalar, Lanes<float, 4> (float32's 16-byte path), Lanes<float, 8> (float16/bfloat16's).
-VALUE_TYPES = {"vectorized": 0, "scalar": 1, "lanes4": 2, "lanes8": 3}
+VALUE_TYPES = {"vectorized": 0, "scalar": 1, "lanes4": 2, "lanes8": 3, "baseline": 4}
 FLAGS = list(itertools.product(["rect", "atan"], ["hard", "soft"], [False, True]))
 
 
@@ -84,7 +87,8 @@ def test_replay_is_bitwise_the_saved_h_path(dtype, T, static, per_channel):
 
 @pytest.mark.parametrize(
     "dtype,value_type",
-    [(torch.float32, v) for v in VALUE_TYPES] + [(torch.float64, "vectorized"), (torch.float64, "scalar")],
+    [(torch.float32, v) for v in VALUE_TYPES]
+    + [(torch.float64, v) for v in ("vectorized", "baseline", "scalar")],
 )
 @pytest.mark.parametrize("static", [False, True])
 def test_every_value_type_runs_the_same_arithmetic(dtype, value_type, static):
@@ -114,7 +118,8 @@ def test_lane_count_tails(value_type, N):
 
 
 @pytest.mark.parametrize("dtype,value_type", [(torch.float32, v) for v in VALUE_TYPES if v != "vectorized"]
-                         + [(torch.float64, "scalar")])
+                         + [(torch.float64, "scalar"), (torch.float64, "baseline"),
+                            (torch.bfloat16, "baseline")])
 @pytest.mark.parametrize("static", [False, True])
 def test_sigmoid_and_decay_input_same_bits_in_every_value_type(dtype, value_type, static):
     """The sigmoid surrogate and decay_input (no saved-h kernels to compare with): every value
@@ -131,7 +136,15 @@ def test_sigmoid_and_decay_input_same_bits_in_every_value_type(dtype, value_type
             assert_bitwise(got, want)
 
 
-@pytest.mark.parametrize("value_type", ["vectorized", "lanes4"])
+def test_default_kernels_are_the_avx2_copy_where_the_cpu_has_it():
+    """On an x86-64 CPU with AVX2, FMA and F16C the default CPU kernels are the AVX2 copy."""
+    flags = open("/proc/cpuinfo").read().split() if os.path.exists("/proc/cpuinfo") else []
+    if platform.machine() != "x86_64" or not {"avx2", "fma", "f16c"} <= set(flags):
+        pytest.skip("not an x86-64 CPU with AVX2, FMA and F16C")
+    assert torch.ops.alif_cuda._cpu_uses_avx2()
+
+
+@pytest.mark.parametrize("value_type", ["vectorized", "baseline", "lanes4"])
 def test_sliced_and_misaligned_input(value_type):
     """x starting one element into its storage (misaligned for 16-byte access) and a strided
     slice: results as for a fresh copy."""
