@@ -90,21 +90,28 @@ class _FusedMultiStep:
     def _decay(self, x_seq: Tensor) -> Union[float, Tensor, None]:
         raise NotImplementedError
 
-    def multi_step_forward(self, x_seq: Tensor, *args, **kwargs):
-        tau = None
-        if not args and not kwargs and isinstance(x_seq, Tensor) and x_seq.dim() >= 2 and _config_reason(self) is None:
-            tau = self._decay(x_seq)
+    def _fused_arguments(self, x_seq: Tensor) -> Optional[dict]:
+        """alif's arguments besides x and u0, or None when this call is not fused."""
+        if not isinstance(x_seq, Tensor) or x_seq.dim() < 2 or _config_reason(self) is not None:
+            return None
+        tau = self._decay(x_seq)
         if tau is None:
+            return None
+        return dict(
+            tau=tau, v_th=float(self.v_threshold), reset="soft" if self.v_reset is None else "hard",
+            detach_reset=self.detach_reset, decay_input=self.decay_input,
+            **surrogate_options(self.surrogate_function),
+        )
+
+    def multi_step_forward(self, x_seq: Tensor, *args, **kwargs):
+        options = None if args or kwargs else self._fused_arguments(x_seq)
+        if options is None:
             return super().multi_step_forward(x_seq, *args, **kwargs)
         v = self.v
         # SpikingJelly's own rules turn the kept v into one step's state (a float, or a tensor of
         # another shape or dtype after the batch changed); a fresh 0.0 is alif's default.
         u0 = None if isinstance(v, float) and v == 0.0 else self.materialize_states((x_seq,), (v,), "m")[0]
-        spikes, self.v = alif(
-            x_seq, tau, float(self.v_threshold), u0,
-            reset="soft" if self.v_reset is None else "hard", detach_reset=self.detach_reset,
-            decay_input=self.decay_input, return_state=True, **surrogate_options(self.surrogate_function),
-        )
+        spikes, self.v = alif(x_seq, u0=u0, return_state=True, **options)
         return spikes
 
 

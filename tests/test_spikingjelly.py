@@ -344,3 +344,12 @@ def test_importing_alif_cuda_does_not_import_spikingjelly():
     )
     proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
+
+
+def test_alif_refuses_surrogate_objects_it_cannot_reproduce():
+    with pytest.raises(ValueError, match="surrogate SoftSign has no fused equivalent"):
+        alif_cuda.ALIF(surrogate=surrogate.SoftSign())
+    with pytest.raises(ValueError, match="surrogate ATan has spiking=False"):
+        alif_cuda.ALIF(surrogate=surrogate.ATan(spiking=False))
+    with pytest.raises(ValueError, match="alpha=3.0 was given with the surrogate object .* give one or the other"):
+        alif_cuda.ALIF(surrogate=surrogate.ATan(), alpha=3.0)
