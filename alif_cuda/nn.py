@@ -8,7 +8,7 @@ import torch
 from torch import Tensor, nn
 
 from .ops import alif, taid
-from .reference import alif_ref, check_alif_options, check_taid_options, taid_ref
+from .reference import alif_ref, check_alif_options, check_taid_options, resolve_alpha, taid_ref
 
 TAU_PARAMS = ("sigmoid", "direct")
 
@@ -76,7 +76,9 @@ class ALIF(nn.Module):
             stores tau itself.
         surrogate: "rect", "atan", "sigmoid" or a SpikingJelly surrogate object (its alpha is
             used; then leave ``alpha`` None).
-        width, alpha, detach_reset, decay_input: as in :func:`alif_cuda.alif`.
+        alpha: the atan/sigmoid sharpness; None for the surrogate's default (2 for atan, 4 for
+            sigmoid, SpikingJelly's).
+        width, detach_reset, decay_input: as in :func:`alif_cuda.alif`.
         reset: "hard" or "soft", kept as ``reset_mode`` (``reset()`` clears the state).
         stateful: in step_mode "m", keep the final membrane state between calls, so a long
             sequence can be fed in chunks; the state keeps its autograd graph (BPTT across
@@ -102,6 +104,7 @@ class ALIF(nn.Module):
     ):
         super().__init__()
         surrogate, width, alpha = _surrogate_arguments(surrogate, width, alpha)
+        alpha = resolve_alpha(surrogate, alpha)
         check_alif_options(surrogate, width, alpha, reset)
         if tau_param not in TAU_PARAMS:
             raise ValueError(f"ALIF: tau_param must be one of {TAU_PARAMS}, got {tau_param!r}")
@@ -208,11 +211,9 @@ class ALIF(nn.Module):
                     f"per_channel={self.per_channel}, tau=mean {tau.mean().item():.4g}, "
                     f"v_th=mean {v_th.mean().item():.4g}"
                 )
-        if self.surrogate == "rect":
-            surrogate = f"rect(width={self.width:g})"
-        else:
-            alpha = "default" if self.alpha is None else f"{self.alpha:g}"
-            surrogate = f"{self.surrogate}(alpha={alpha})"
+        surrogate = (
+            f"rect(width={self.width:g})" if self.surrogate == "rect" else f"{self.surrogate}(alpha={self.alpha:g})"
+        )
         return (
             f"{values}, learnable={self.learnable}, tau_param={self.tau_param}, "
             f"surrogate={surrogate}, reset={self.reset_mode}, detach_reset={self.detach_reset}"

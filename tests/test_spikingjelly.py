@@ -353,3 +353,12 @@ def test_alif_refuses_surrogate_objects_it_cannot_reproduce():
         alif_cuda.ALIF(surrogate=surrogate.ATan(spiking=False))
     with pytest.raises(ValueError, match="alpha=3.0 was given with the surrogate object .* give one or the other"):
         alif_cuda.ALIF(surrogate=surrogate.ATan(), alpha=3.0)
+
+
+def test_bench_train_runs_the_accelerated_provider():
+    args = ["--device", "cpu", "--nets", "mnist", "--batches", "2", "--precisions", "fp32", "--reps", "1",
+            "--providers", "spikingjelly+accelerate", "--no-save"]
+    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "bench_train.py"), *args], cwd=ROOT / "bench",
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "| mnist | 2 | fp32 | spikingjelly+accelerate |" in proc.stdout
