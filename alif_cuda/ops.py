@@ -9,7 +9,7 @@ from typing import Optional, Tuple, Union
 import torch
 from torch import Tensor
 
-from .reference import check_alif_options, check_taid_options
+from .reference import check_alif_options, check_taid_options, resolve_alpha
 
 REBUILD_COMMAND = (
     "FORCE_CUDA=1 CUDA_HOME=/usr/local/cuda pip install --no-build-isolation --force-reinstall ."
@@ -76,14 +76,16 @@ def _alif_step_shape(x, steps):
 
 
 @torch.library.register_fake("alif_cuda::alif")
-def _alif_fake(x, tau, v_th, u0, steps, reset, detach_reset, surrogate, width, alpha):
+def _alif_fake(x, tau, v_th, u0, steps, reset, detach_reset, surrogate, width, alpha, decay_input=False):
     _check_devices("alif", "x", x, tau=tau, v_th=v_th, u0=u0)
     step_shape, T = _alif_step_shape(x, steps)
     return x.new_empty((T, *step_shape)), x.new_empty(step_shape)
 
 
 @torch.library.register_fake("alif_cuda::alif_fwd")
-def _alif_fwd_fake(x, tau, v_th, u0, steps, reset, checkpoint, detach_reset, surrogate, width, alpha):
+def _alif_fwd_fake(
+    x, tau, v_th, u0, steps, reset, checkpoint, detach_reset, surrogate, width, alpha, decay_input=False
+):
     _check_devices("alif", "x", x, tau=tau, v_th=v_th, u0=u0)
     step_shape, T = _alif_step_shape(x, steps)
     n_ckpt = (T - 1) // CHUNK if checkpoint and steps is None else 0
@@ -98,7 +100,7 @@ def _alif_fwd_fake(x, tau, v_th, u0, steps, reset, checkpoint, detach_reset, sur
 @torch.library.register_fake("alif_cuda::alif_bwd")
 def _alif_bwd_fake(
     grad_spikes, grad_u_last, x, u_ckpt, steps, tau, v_th, u0, reset, detach_reset, surrogate,
-    width, alpha, need_grad_u0,
+    width, alpha, need_grad_u0, decay_input=False,
 ):
     _check_devices(
         "alif_bwd", "x", x, grad_spikes=grad_spikes, grad_u_last=grad_u_last, u_ckpt=u_ckpt,
@@ -191,9 +193,10 @@ def alif(
     *,
     surrogate: str = "rect",
     width: float = 1.0,
-    alpha: float = 2.0,
+    alpha: Optional[float] = None,
     reset: str = "hard",
     detach_reset: bool = False,
+    decay_input: bool = False,
     return_state: bool = False,
 ) -> Union[Tensor, Tuple[Tensor, Tensor]]:
     """Adaptive leaky integrate-and-fire neurons over T time steps, fused in one kernel.
@@ -207,11 +210,15 @@ def alif(
     u0: (B, ...) initial state in x's dtype, or None for zeros.
 
     For t = 0..T-1, with u_{-1} = u0:
-        h_t = tau * u_{t-1} + x_t;  o_t = H(h_t - v_th)
+        h_t = tau * u_{t-1} + x_t   (decay_input: tau * u_{t-1} + (1 - tau) * x_t);
+        o_t = H(h_t - v_th)
         u_t = h_t * (1 - o_t) (reset="hard")  |  h_t - v_th * o_t (reset="soft")
-    The backward is exact BPTT with dH/dh replaced by the surrogate: "rect",
-    (1/width) * 1(|h - v_th| < width/2), or "atan", (alpha/2) / (1 + (pi/2 * alpha * (h - v_th))^2);
-    detach_reset drops the gradient through o_t in the reset.
+    The backward is exact BPTT with dH/dh replaced by the surrogate, with d = h - v_th: "rect",
+    (1/width) * 1(|d| < width/2); "atan", (alpha/2) / (1 + (pi/2 * alpha * d)^2); "sigmoid",
+    alpha * sg * (1 - sg) with sg = sigmoid(alpha * d) (SpikingJelly's surrogate.Sigmoid).
+    alpha=None is the surrogate's default: 2 for atan, 4 for sigmoid (SpikingJelly's).
+    detach_reset drops the gradient through o_t in the reset. decay_input=True is SpikingJelly's
+    LIF/PLIF charge with v_reset=0: tau = 1 - 1/tau_sj, or sigmoid(-w) for ParametricLIFNode.
 
     Saved for backward: x itself (not a copy) and per-neuron tensors (u0; for T > 8 the state
     every 8 steps, (T - 1) // 8 of them): the backward replays the forward from x. Returns spikes
@@ -219,6 +226,7 @@ def alif(
     (differentiable, for chunked or stateful use). Gradients of an unused output are not
     materialised. The oracle is :func:`alif_cuda.reference.alif_ref`.
     """
+    alpha = resolve_alpha(surrogate, alpha)
     check_alif_options(surrogate, width, alpha, reset)
     if not isinstance(x, Tensor):
         raise TypeError(f"alif: x must be a Tensor, got {type(x).__name__}")
@@ -232,7 +240,7 @@ def alif(
     steps = x.shape[0] if static is not None else None
     spikes, u_last = torch.ops.alif_cuda.alif(
         static if static is not None else x, tau, v_th, u0, steps, reset, detach_reset, surrogate,
-        float(width), float(alpha),
+        float(width), float(alpha), bool(decay_input),
     )
     return (spikes, u_last) if return_state else spikes
 

@@ -4,13 +4,22 @@ Slow on purpose: every step is a handful of separate PyTorch ops, so the math is
 the gradients come from autograd, not from hand-derived formulas.
 """
 import math
-from typing import Union
+from typing import Optional, Union
 
 import torch
 from torch import Tensor
 
-SURROGATES = ("rect", "atan")
+SURROGATES = ("rect", "atan", "sigmoid")
 RESETS = ("hard", "soft")
+# alpha=None means the surrogate's default: SpikingJelly's ATan(alpha=2) and Sigmoid(alpha=4).
+DEFAULT_ALPHA = {"rect": 2.0, "atan": 2.0, "sigmoid": 4.0}
+
+
+def resolve_alpha(surrogate: str, alpha: Optional[float]) -> float:
+    """alpha, or the surrogate's default when None (rect ignores it)."""
+    if alpha is not None:
+        return alpha
+    return DEFAULT_ALPHA.get(surrogate, 2.0)
 
 
 def check_alif_options(surrogate: str, width: float, alpha: float, reset: str) -> None:
@@ -22,7 +31,7 @@ def check_alif_options(surrogate: str, width: float, alpha: float, reset: str) -
     if not (math.isfinite(width) and width > 0):
         raise ValueError(f"alif: the rect surrogate's width must be > 0, got {width}")
     if not (math.isfinite(alpha) and alpha > 0):
-        raise ValueError(f"alif: the atan surrogate's alpha must be > 0, got {alpha}")
+        raise ValueError(f"alif: the atan/sigmoid surrogate's alpha must be > 0, got {alpha}")
 
 
 class _Spike(torch.autograd.Function):
@@ -39,8 +48,11 @@ class _Spike(torch.autograd.Function):
         (d,) = ctx.saved_tensors
         if ctx.surrogate == "rect":
             s = (d.abs() < ctx.width / 2).to(d.dtype) / ctx.width
-        else:
+        elif ctx.surrogate == "atan":
             s = (ctx.alpha / 2) / (1 + (math.pi / 2 * ctx.alpha * d) ** 2)
+        else:
+            sg = torch.sigmoid(ctx.alpha * d)
+            s = (1 - sg) * sg * ctx.alpha
         return grad * s, None, None, None
 
 
@@ -59,9 +71,10 @@ def alif_ref(
     *,
     surrogate: str = "rect",
     width: float = 1.0,
-    alpha: float = 2.0,
+    alpha: Optional[float] = None,
     reset: str = "hard",
     detach_reset: bool = False,
+    decay_input: bool = False,
     return_state: bool = False,
 ):
     """Adaptive LIF over T steps, as an explicit loop.
@@ -69,12 +82,13 @@ def alif_ref(
     x: (T, B, ...); tau, v_th: () or (C,) with C = x.shape[2], or Python floats (as for
     :func:`alif_cuda.alif`: float64 for float64 x, else float32); u0: (B, ...) or None (zeros).
     For t = 0..T-1, with u_{-1} = u0:
-        h_t = tau * u_{t-1} + x_t
+        h_t = tau * u_{t-1} + x_t                  (decay_input: + (1 - tau) * x_t)
         o_t = H(h_t - v_th)                        (surrogate gradient in backward)
         u_t = h_t * (1 - o_t)  (hard)   |   u_t = h_t - v_th * o_t  (soft)
     o_t in the reset term is detached when detach_reset. Returns spikes (T, B, ...), and the final
     state u_{T-1} (B, ...) too when return_state.
     """
+    alpha = resolve_alpha(surrogate, alpha)
     check_alif_options(surrogate, width, alpha, reset)
     param_dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
     tau, v_th = (
@@ -87,7 +101,7 @@ def alif_ref(
     u = torch.zeros_like(x[0]) if u0 is None else u0
     spikes = []
     for t in range(x.shape[0]):
-        h = tau_b * u + x[t]
+        h = tau_b * u + ((1 - tau_b) * x[t] if decay_input else x[t])
         o = _Spike.apply(h - vth_b, surrogate, width, alpha)
         o_reset = o.detach() if detach_reset else o
         u = h * (1 - o_reset) if reset == "hard" else h - vth_b * o_reset

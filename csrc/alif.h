@@ -7,6 +7,7 @@
 // a memory accessor (which neurons, loads and stores) and the reduction of the tau/v_th partials.
 #pragma once
 
+#include <ATen/OpMathType.h>
 #include <ATen/core/Tensor.h>
 #include <c10/util/Exception.h>
 
@@ -26,7 +27,7 @@
 
 namespace alif_cuda {
 
-enum class Surrogate : int { Rect = 0, Atan = 1 };
+enum class Surrogate : int { Rect = 0, Atan = 1, Sigmoid = 2 };
 
 // Steps the backward replays at once (held in registers on the GPU). For T > kChunk the forward
 // writes u at the end of every chunk but the last: (T - 1) / kChunk checkpoints, 4 / kChunk bytes
@@ -48,6 +49,7 @@ struct AlifParams {
   bool detach_reset = false;
   bool static_x = false;  // x is (B, ...), the same input at every step
   bool has_u0 = false;
+  bool decay_input = false;  // h_t = tau u_{t-1} + (1 - tau) x_t instead of + x_t
   Surrogate surrogate = Surrogate::Rect;
   double width = 1.0;
   double alpha = 2.0;
@@ -59,7 +61,7 @@ AlifParams make_alif_fwd_params(const at::Tensor& x, const at::Tensor& tau,
                                 const at::Tensor& v_th, const std::optional<at::Tensor>& u0,
                                 std::optional<int64_t> steps, std::string_view reset,
                                 bool detach_reset, std::string_view surrogate, double width,
-                                double alpha);
+                                double alpha, bool decay_input = false);
 
 // The same for alif_bwd: geometry from x (and steps when static), gradients checked against it.
 AlifParams make_alif_bwd_params(const std::optional<at::Tensor>& grad_spikes,
@@ -68,7 +70,28 @@ AlifParams make_alif_bwd_params(const std::optional<at::Tensor>& grad_spikes,
                                 std::optional<int64_t> steps, const at::Tensor& tau,
                                 const at::Tensor& v_th, const std::optional<at::Tensor>& u0,
                                 std::string_view reset, bool detach_reset,
-                                std::string_view surrogate, double width, double alpha);
+                                std::string_view surrogate, double width, double alpha,
+                                bool decay_input);
+
+// The pointers one alif kernel call works on, for both backends (null when absent). The math
+// dtype acc_t is float, or double for float64 storage.
+template <typename scalar_t>
+struct AlifPtrs {
+  using acc_t = at::opmath_type<scalar_t>;
+  const scalar_t* x = nullptr;
+  const scalar_t* u0 = nullptr;
+  const scalar_t* grad_spikes = nullptr;
+  const scalar_t* grad_u_last = nullptr;
+  const acc_t* tau = nullptr;
+  const acc_t* v_th = nullptr;
+  acc_t* u_ckpt = nullptr;  // written by the forward, read by the backward
+  scalar_t* spikes = nullptr;
+  scalar_t* u_last = nullptr;
+  scalar_t* grad_x = nullptr;
+  scalar_t* grad_u0 = nullptr;
+  acc_t* dtau_n = nullptr;  // per-neuron sums over time (the CUDA kernels: per-channel only)
+  acc_t* dvth_n = nullptr;
+};
 
 struct AlifFwdOutputs {
   at::Tensor spikes, u_last, u_ckpt;
@@ -104,12 +127,32 @@ void bool_switch2(bool a, bool b, F&& f) {
   }
 }
 
-// Calls f(kSoft, kDetach, kRect, kStatic) with each as a std::bool_constant.
+// Calls f(kSur) with the surrogate as a std::integral_constant<Surrogate, ...>.
+template <typename F>
+void surrogate_switch(Surrogate s, F&& f) {
+  switch (s) {
+    case Surrogate::Rect: return f(std::integral_constant<Surrogate, Surrogate::Rect>{});
+    case Surrogate::Atan: return f(std::integral_constant<Surrogate, Surrogate::Atan>{});
+    case Surrogate::Sigmoid: return f(std::integral_constant<Surrogate, Surrogate::Sigmoid>{});
+  }
+}
+
+// The forward's flags: calls f(kSoft, kStatic, kDecay) with each as a std::bool_constant.
+template <typename F>
+void alif_fwd_flag_switch(const AlifParams& p, F&& f) {
+  bool_switch2(p.soft_reset, p.static_x, [&](auto soft, auto stat) {
+    p.decay_input ? f(soft, stat, std::true_type{}) : f(soft, stat, std::false_type{});
+  });
+}
+
+// The backward's flags: calls f(kSoft, kDetach, kSur, kStatic, kDecay).
 template <typename F>
 void alif_flag_switch(const AlifParams& p, F&& f) {
   bool_switch2(p.soft_reset, p.detach_reset, [&](auto soft, auto detach) {
-    bool_switch2(p.surrogate == Surrogate::Rect, p.static_x,
-                 [&](auto rect, auto stat) { f(soft, detach, rect, stat); });
+    surrogate_switch(p.surrogate, [&](auto sur) {
+      bool_switch2(p.static_x, p.decay_input,
+                   [&](auto stat, auto decay) { f(soft, detach, sur, stat, decay); });
+    });
   });
 }
 
@@ -164,11 +207,28 @@ ALIF_LANES_PRED(lt01)
 ALIF_LANES_PRED(gt01)
 #undef ALIF_LANES_PRED
 
+template <typename T, std::enable_if_t<std::is_floating_point<T>::value, int> = 0>
+ALIF_HD T exp_of(T a) {
+  if constexpr (std::is_same<T, float>::value) {
+    return expf(a);
+  } else {
+    return exp(a);
+  }
+}
+
 template <typename T, int L>
 ALIF_HD Lanes<T, L> neg(const Lanes<T, L>& a) {
   Lanes<T, L> r;
   ALIF_UNROLL
   for (int l = 0; l < L; ++l) r.v[l] = -a.v[l];
+  return r;
+}
+
+template <typename T, int L>
+ALIF_HD Lanes<T, L> exp_of(const Lanes<T, L>& a) {
+  Lanes<T, L> r;
+  ALIF_UNROLL
+  for (int l = 0; l < L; ++l) r.v[l] = exp_of(a.v[l]);
   return r;
 }
 
@@ -181,18 +241,21 @@ ALIF_HD Lanes<T, L> neg(const Lanes<T, L>& a) {
 template <typename V>
 struct NeuronConsts {
   V tau, v_th;
+  V in_scale;  // 1 - tau: the input's factor with decay_input (unused without)
   V zero, one;
   V half, neg_half, inv_width;  // rect: s = 1(|d| < width/2) * (1/width)
   V k, alpha_half;              // atan: s = (alpha/2) / (1 + (k d)^2), k = pi/2 * alpha
+  V alpha;                      // sigmoid: s = (1 - sg) sg alpha, sg = 1 / (1 + exp(-alpha d))
 };
 
 // Scalar surrogate constants in the math type, from the op's double options. (1/width) instead
 // of a division by width is bit-identical here: it multiplies an indicator that is 0 or 1.
 template <typename acc_t>
 struct SurrogateScalars {
-  acc_t half, inv_width, k, alpha_half;
+  acc_t half, inv_width, k, alpha_half, alpha;
   ALIF_HD explicit SurrogateScalars(const AlifParams& p) {
-    const acc_t width = acc_t(p.width), alpha = acc_t(p.alpha);
+    const acc_t width = acc_t(p.width);
+    alpha = acc_t(p.alpha);
     half = width / acc_t(2);
     inv_width = acc_t(1) / width;
     k = acc_t(M_PI / 2) * alpha;
@@ -212,6 +275,8 @@ ALIF_HD NeuronConsts<V> make_consts(const V& tau, const V& v_th, const Surrogate
   c.inv_width = V(s.inv_width);
   c.k = V(s.k);
   c.alpha_half = V(s.alpha_half);
+  c.alpha = V(s.alpha);
+  c.in_scale = c.one - tau;
   return c;
 }
 
@@ -225,33 +290,46 @@ ALIF_HD V reset_of(const V& h, const V& o, const NeuronConsts<V>& c) {
   }
 }
 
-// One forward step: h_t = tau u_{t-1} + x_t, o_t = H(h_t - v_th), u updated in place; returns o_t.
-template <bool kSoft, typename V>
+// h_t = tau u_{t-1} + x_t, or tau u_{t-1} + (1 - tau) x_t with decay_input.
+template <bool kDecay, typename V>
+ALIF_HD V charge(const V& u, const V& x, const NeuronConsts<V>& c) {
+  if constexpr (kDecay) {
+    return c.tau * u + c.in_scale * x;
+  } else {
+    return c.tau * u + x;
+  }
+}
+
+// One forward step: h_t from the charge, o_t = H(h_t - v_th), u updated in place; returns o_t.
+template <bool kSoft, bool kDecay, typename V>
 ALIF_HD V fwd_step(V& u, const V& x, const NeuronConsts<V>& c) {
-  const V h = c.tau * u + x;
+  const V h = charge<kDecay>(u, x, c);
   const V o = ge01(h, c.v_th);
   u = reset_of<kSoft>(h, o, c);
   return o;
 }
 
-template <bool kRect, typename V>
+template <Surrogate kSur, typename V>
 ALIF_HD V surrogate_of(const V& d, const NeuronConsts<V>& c) {
-  if constexpr (kRect) {
+  if constexpr (kSur == Surrogate::Rect) {
     return lt01(d, c.half) * gt01(d, c.neg_half) * c.inv_width;
-  } else {
+  } else if constexpr (kSur == Surrogate::Atan) {
     const V z = c.k * d;
     return c.alpha_half / (c.one + z * z);
+  } else {
+    const V sg = c.one / (c.one + exp_of(neg(c.alpha * d)));
+    return (c.one - sg) * sg * c.alpha;
   }
 }
 
-// One step of BPTT at t (from T-1 down to 0), given h_t, u_{t-1} and g_t = dL/do_t; du holds
-// dL/du_t on entry and dL/du_{t-1} = tau dL/dh_t on return. Adds the step's dL/dtau and dL/dv_th
-// terms to dtau and dvth; returns dL/dh_t (= dL/dx_t).
-template <bool kSoft, bool kDetach, bool kRect, typename V>
-ALIF_HD V bptt_step(const V& h, const V& u_prev, const V& g, V& du, V& dtau, V& dvth,
-                    const NeuronConsts<V>& c) {
+// One step of BPTT at t (from T-1 down to 0), given h_t, u_{t-1}, x_t and g_t = dL/do_t; du
+// holds dL/du_t on entry and dL/du_{t-1} = tau dL/dh_t on return. Adds the step's dL/dtau and
+// dL/dv_th terms to dtau and dvth; returns dL/dx_t (dL/dh_t, times 1 - tau with decay_input).
+template <bool kSoft, bool kDetach, Surrogate kSur, bool kDecay, typename V>
+ALIF_HD V bptt_step(const V& h, const V& u_prev, const V& x, const V& g, V& du, V& dtau,
+                    V& dvth, const NeuronConsts<V>& c) {
   const V o = ge01(h, c.v_th);
-  const V s = surrogate_of<kRect>(h - c.v_th, c);
+  const V s = surrogate_of<kSur>(h - c.v_th, c);
   V g_total = g;  // dL/do_t through the spike output and, unless detached, the reset
   if constexpr (!kDetach) g_total = g - du * (kSoft ? c.v_th : h);
   V dh;
@@ -262,9 +340,14 @@ ALIF_HD V bptt_step(const V& h, const V& u_prev, const V& g, V& du, V& dtau, V& 
     dh = s * g_total + du * (c.one - o);
     dvth = dvth + neg(s) * g_total;
   }
-  dtau = dtau + dh * u_prev;
   du = c.tau * dh;
-  return dh;
+  if constexpr (kDecay) {  // dh/dtau = u_{t-1} - x_t, dh/dx = 1 - tau
+    dtau = dtau + dh * (u_prev - x);
+    return c.in_scale * dh;
+  } else {
+    dtau = dtau + dh * u_prev;
+    return dh;
+  }
 }
 
 // ---- the per-neuron time loops ---------------------------------------------------------------
@@ -276,14 +359,14 @@ ALIF_HD V bptt_step(const V& h, const V& u_prev, const V& g, V& du, V& dtau, V& 
 //   void grad_x(t, dh), grad_x_static(sum), grad_u0(du)
 
 // The forward over all T steps. Step t+1's input is loaded before step t's arithmetic.
-template <bool kSoft, typename V, typename Mem>
+template <bool kSoft, bool kDecay, typename V, typename Mem>
 ALIF_HD void alif_fwd_neurons(Mem& m, const NeuronConsts<V>& c, int64_t T) {
   V u = m.u0();
   V x_next = m.x(0);
   for (int64_t t = 0; t < T; ++t) {
     const V x = x_next;
     if (t + 1 < T) x_next = m.x(t + 1);
-    m.spikes(t, fwd_step<kSoft>(u, x, c));
+    m.spikes(t, fwd_step<kSoft, kDecay>(u, x, c));
     if ((t + 1) % kChunk == 0 && t + 1 < T) m.set_ckpt((t + 1) / kChunk - 1, u);
   }
   m.u_last(u);
@@ -293,7 +376,8 @@ ALIF_HD void alif_fwd_neurons(Mem& m, const NeuronConsts<V>& c, int64_t T) {
 // replayed from x starting at the state entering it (u0, a forward checkpoint, or for a static x
 // a replay from u0: recomputation instead of memory), then walked backward. Per-neuron sums of
 // the dL/dtau and dL/dv_th terms are added to dtau and dvth.
-template <bool kSoft, bool kDetach, bool kRect, bool kStatic, typename V, typename Mem>
+template <bool kSoft, bool kDetach, Surrogate kSur, bool kStatic, bool kDecay, typename V,
+          typename Mem>
 ALIF_HD void alif_bwd_neurons(Mem& m, const NeuronConsts<V>& c, int64_t T, V& dtau, V& dvth) {
   V du = m.grad_u_last();
   V gx_sum = c.zero;
@@ -303,24 +387,27 @@ ALIF_HD void alif_bwd_neurons(Mem& m, const NeuronConsts<V>& c, int64_t T, V& dt
     V u;
     if constexpr (kStatic) {
       u = m.u0();
-      for (int64_t t = 0; t < t0; ++t) fwd_step<kSoft>(u, x_static, c);
+      for (int64_t t = 0; t < t0; ++t) fwd_step<kSoft, kDecay>(u, x_static, c);
     } else {
       u = t0 == 0 ? m.u0() : m.ckpt(t0 / kChunk - 1);
     }
     const V u_start = u;
-    // All of the chunk's loads first, so they are in flight together.
-    V h[kChunk], g[kChunk];
+    // All of the chunk's loads first, so they are in flight together. With decay_input the
+    // backward needs x_t itself (dh/dtau): kept beside h (time-major x only).
+    constexpr bool kKeepX = kDecay && !kStatic;
+    V h[kChunk], g[kChunk], xs[kKeepX ? kChunk : 1];
     ALIF_UNROLL
     for (int k = 0; k < kChunk; ++k) {
       if (k < len) {
         h[k] = kStatic ? x_static : m.x(t0 + k);
+        if constexpr (kKeepX) xs[k] = h[k];
         g[k] = m.g(t0 + k);
       }
     }
     ALIF_UNROLL
     for (int k = 0; k < kChunk; ++k) {
       if (k < len) {
-        h[k] = c.tau * u + h[k];
+        h[k] = charge<kDecay>(u, h[k], c);
         u = reset_of<kSoft>(h[k], ge01(h[k], c.v_th), c);
       }
     }
@@ -328,11 +415,13 @@ ALIF_HD void alif_bwd_neurons(Mem& m, const NeuronConsts<V>& c, int64_t T, V& dt
     for (int k = kChunk - 1; k >= 0; --k) {
       if (k < len) {
         const V u_prev = k > 0 ? reset_of<kSoft>(h[k - 1], ge01(h[k - 1], c.v_th), c) : u_start;
-        const V dh = bptt_step<kSoft, kDetach, kRect>(h[k], u_prev, g[k], du, dtau, dvth, c);
+        const V x_k = kStatic ? x_static : (kKeepX ? xs[kKeepX ? k : 0] : c.zero);
+        const V dx = bptt_step<kSoft, kDetach, kSur, kDecay>(h[k], u_prev, x_k, g[k], du, dtau,
+                                                              dvth, c);
         if constexpr (kStatic) {
-          gx_sum = gx_sum + dh;
+          gx_sum = gx_sum + dx;
         } else {
-          m.grad_x(t0 + k, dh);
+          m.grad_x(t0 + k, dx);
         }
       }
     }

@@ -1,10 +1,12 @@
 // CPU kernels of the alif op family: float32, float64, and float16/bfloat16 storage with float32
 // math (so CPU autocast works). The time loops are alif.h's, the ones the CUDA kernels run.
 //
-// Work is split over groups of neurons, one value V a group: at::vec::Vectorized (8 floats or
-// 4 doubles, a masked load and store for the last, shorter group). For the tests, the value type
-// can be switched at run time to the ones the CUDA kernels use (a scalar, Lanes<float, 4 or 8>),
-// so this build executes every instantiation of the shared code that the GPU runs.
+// The kernels are in alif_cpu_kernels.h. Work is split over groups of neurons, one value V a
+// group: at::vec::Vectorized (8 floats or 4 doubles; this build compiles ATen's generic version
+// of it), a masked load and store for the last, shorter group. For the tests, the value type can
+// be switched at run time to the ones the CUDA kernels use (a scalar, Lanes<float, 4 or 8>), so
+// this build executes every instantiation of the shared code that the GPU runs. Large fresh
+// outputs are asked for in huge pages (advise_huge_pages).
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
@@ -15,6 +17,11 @@
 #include <algorithm>
 #include <atomic>
 #include <cmath>
+#include <cstdint>
+
+#if defined(__linux__)
+#include <sys/mman.h>
+#endif
 
 namespace alif_cuda {
 
@@ -38,202 +45,38 @@ template <typename T>
 inline at::vec::Vectorized<T> neg(const at::vec::Vectorized<T>& a) {
   return a.neg();
 }
+// Lane by lane with the C library's exp, as alif.h's scalar and Lanes exp_of: every CPU value
+// type gives the sigmoid surrogate the same bits.
+template <typename T>
+inline at::vec::Vectorized<T> exp_of(const at::vec::Vectorized<T>& a) {
+  return a.map([](T v) -> T {
+    if constexpr (std::is_same_v<T, float>) {
+      return expf(v);
+    } else {
+      return exp(v);
+    }
+  });
+}
 
 }  // namespace alif_cuda
 
 #include "alif.h"
 
+
 namespace alif_cuda {
 
 namespace {
+
+namespace isa_default {
+#include "alif_cpu_kernels.h"
+}  // namespace isa_default
 
 // Which value type the CPU kernels run (see _set_cpu_value_type in the registration below).
 enum class CpuValueType : int64_t { Vectorized = 0, Scalar = 1, Lanes4 = 2, Lanes8 = 3 };
 std::atomic<int64_t> g_value_type{0};
 
-// ---- lanes of a value type, for loads, stores and per-lane parameters ----------------------
-
-template <typename V>
-struct LaneTraits;  // size; to/from an array of acc_t
-
-template <typename T>
-struct LaneTraits<at::vec::Vectorized<T>> {
-  using acc_t = T;
-  static constexpr int size = at::vec::Vectorized<T>::size();
-  static at::vec::Vectorized<T> from(const T* a) { return at::vec::Vectorized<T>::loadu(a); }
-  static void to(const at::vec::Vectorized<T>& v, T* a) { v.store(a); }
-};
-
-template <typename T, int L>
-struct LaneTraits<Lanes<T, L>> {
-  using acc_t = T;
-  static constexpr int size = L;
-  static Lanes<T, L> from(const T* a) {
-    Lanes<T, L> v;
-    for (int l = 0; l < L; ++l) v.v[l] = a[l];
-    return v;
-  }
-  static void to(const Lanes<T, L>& v, T* a) {
-    for (int l = 0; l < L; ++l) a[l] = v.v[l];
-  }
-};
-
-template <>
-struct LaneTraits<float> {
-  using acc_t = float;
-  static constexpr int size = 1;
-  static float from(const float* a) { return a[0]; }
-  static void to(float v, float* a) { a[0] = v; }
-};
-
-template <>
-struct LaneTraits<double> {
-  using acc_t = double;
-  static constexpr int size = 1;
-  static double from(const double* a) { return a[0]; }
-  static void to(double v, double* a) { a[0] = v; }
-};
-
-template <typename V>
-constexpr bool kIsVectorized = false;
-template <typename T>
-constexpr bool kIsVectorized<at::vec::Vectorized<T>> = true;
-
-// Loads cnt neurons from p (the rest of the lanes are 0).
-template <typename V, typename scalar_t>
-inline V load(const scalar_t* p, int cnt) {
-  using Tr = LaneTraits<V>;
-  using acc_t = typename Tr::acc_t;
-  if constexpr (kIsVectorized<V> && std::is_same_v<scalar_t, acc_t>) {
-    return cnt == Tr::size ? V::loadu(p) : V::loadu(p, cnt);
-  } else {
-    acc_t a[Tr::size] = {};
-    for (int l = 0; l < cnt; ++l) a[l] = acc_t(p[l]);
-    return Tr::from(a);
-  }
-}
-
-// Stores the first cnt lanes of v to p, in p's dtype.
-template <typename V, typename scalar_t>
-inline void store(scalar_t* p, const V& v, int cnt) {
-  using Tr = LaneTraits<V>;
-  using acc_t = typename Tr::acc_t;
-  if constexpr (kIsVectorized<V> && std::is_same_v<scalar_t, acc_t>) {
-    // A full group's store has a compile-time size (a partial one is a memcpy call).
-    cnt == Tr::size ? v.store(p) : v.store(p, cnt);
-  } else {
-    acc_t a[Tr::size];
-    Tr::to(v, a);
-    for (int l = 0; l < cnt; ++l) p[l] = scalar_t(a[l]);
-  }
-}
-
-// ---- the backend part: which neurons, loads and stores ---------------------------------------
-
-template <typename scalar_t>
-struct CpuPtrs {
-  using acc_t = at::opmath_type<scalar_t>;
-  const scalar_t* x = nullptr;
-  const scalar_t* u0 = nullptr;
-  const scalar_t* grad_spikes = nullptr;
-  const scalar_t* grad_u_last = nullptr;
-  const acc_t* tau = nullptr;
-  const acc_t* v_th = nullptr;
-  acc_t* u_ckpt = nullptr;  // written by the forward, read by the backward
-  scalar_t* spikes = nullptr;
-  scalar_t* u_last = nullptr;
-  scalar_t* grad_x = nullptr;
-  scalar_t* grad_u0 = nullptr;
-  acc_t* dtau_n = nullptr;  // per-neuron sums over time
-  acc_t* dvth_n = nullptr;
-};
-
-// The Mem accessor of alif.h for the neurons [n, n + cnt) of one group.
-template <typename scalar_t, typename V, bool kStatic>
-struct CpuMem {
-  using acc_t = at::opmath_type<scalar_t>;
-  const CpuPtrs<scalar_t>& q;
-  int64_t N, n;
-  int cnt;
-  V zero;
-
-  V x(int64_t t) const { return load<V>(q.x + (kStatic ? 0 : t * N) + n, cnt); }
-  V g(int64_t t) const { return q.grad_spikes ? load<V>(q.grad_spikes + t * N + n, cnt) : zero; }
-  V u0() const { return q.u0 ? load<V>(q.u0 + n, cnt) : zero; }
-  V grad_u_last() const { return q.grad_u_last ? load<V>(q.grad_u_last + n, cnt) : zero; }
-  V ckpt(int64_t i) const { return load<V>(q.u_ckpt + i * N + n, cnt); }
-  void spikes(int64_t t, const V& o) const { store(q.spikes + t * N + n, o, cnt); }
-  void u_last(const V& u) const { store(q.u_last + n, u, cnt); }
-  void set_ckpt(int64_t i, const V& u) const {
-    if (q.u_ckpt) store(q.u_ckpt + i * N + n, u, cnt);
-  }
-  void grad_x(int64_t t, const V& dh) const { store(q.grad_x + t * N + n, dh, cnt); }
-  void grad_x_static(const V& s) const { store(q.grad_x + n, s, cnt); }
-  void grad_u0(const V& du) const {
-    if (q.grad_u0) store(q.grad_u0 + n, du, cnt);
-  }
-};
-
-// tau or v_th for the lanes of the group starting at neuron n: channel (n / I) % C per lane.
-template <typename V, typename acc_t>
-inline V lane_param(const AlifParams& p, const acc_t* values, bool per_channel, int64_t n) {
-  if (!per_channel) return V(values[0]);
-  constexpr int L = LaneTraits<V>::size;
-  acc_t a[L];
-  int64_t c = (n / p.I) % p.C, i = n % p.I;
-  for (int l = 0; l < L; ++l) {
-    a[l] = values[c];  // lanes past N repeat a valid channel; they are never stored
-    if (++i == p.I) {
-      i = 0;
-      c = c + 1 == p.C ? 0 : c + 1;
-    }
-  }
-  return LaneTraits<V>::from(a);
-}
-
-template <typename V, typename scalar_t, typename F>
-void for_each_group(const AlifParams& p, const CpuPtrs<scalar_t>& q, F&& body) {
-  using acc_t = at::opmath_type<scalar_t>;
-  constexpr int L = LaneTraits<V>::size;
-  const int64_t groups = (p.N + L - 1) / L;
-  const SurrogateScalars<acc_t> sur(p);
-  const bool per_channel = p.tau_per_channel || p.vth_per_channel;
-  at::parallel_for(0, groups, std::max<int64_t>(1, 2048 / L), [&](int64_t g0, int64_t g1) {
-    // Scalar parameters: the constants are the same for every group, built once per task.
-    const auto shared = make_consts(V(q.tau[0]), V(q.v_th[0]), sur);
-    for (int64_t gi = g0; gi < g1; ++gi) {
-      const int64_t n = gi * L;
-      const int cnt = static_cast<int>(std::min<int64_t>(L, p.N - n));
-      if (per_channel) {
-        body(n, cnt, make_consts(lane_param<V>(p, q.tau, p.tau_per_channel, n),
-                                 lane_param<V>(p, q.v_th, p.vth_per_channel, n), sur));
-      } else {
-        body(n, cnt, shared);
-      }
-    }
-  });
-}
-
-template <typename V, typename scalar_t, bool kSoft, bool kStatic>
-void alif_fwd_cpu_kernel(const AlifParams& p, const CpuPtrs<scalar_t>& q) {
-  for_each_group<V>(p, q, [&](int64_t n, int cnt, const NeuronConsts<V>& c) {
-    CpuMem<scalar_t, V, kStatic> m{q, p.N, n, cnt, c.zero};
-    alif_fwd_neurons<kSoft>(m, c, p.T);
-  });
-}
-
-template <typename V, typename scalar_t, bool kSoft, bool kDetach, bool kRect, bool kStatic>
-void alif_bwd_cpu_kernel(const AlifParams& p, const CpuPtrs<scalar_t>& q) {
-  for_each_group<V>(p, q, [&](int64_t n, int cnt, const NeuronConsts<V>& c) {
-    CpuMem<scalar_t, V, kStatic> m{q, p.N, n, cnt, c.zero};
-    V dtau = c.zero, dvth = c.zero;
-    alif_bwd_neurons<kSoft, kDetach, kRect, kStatic>(m, c, p.T, dtau, dvth);
-    store(q.dtau_n + n, dtau, cnt);
-    store(q.dvth_n + n, dvth, cnt);
-  });
-}
-
-// Calls f(V{}) with the value type selected for this storage type.
+// Calls run<V>() with the value type selected for this storage type: at::vec::Vectorized by
+// default; the test hook can pick the value types a CUDA thread runs.
 template <typename scalar_t, typename F>
 void with_value_type(F&& f) {
   using acc_t = at::opmath_type<scalar_t>;
@@ -248,23 +91,45 @@ void with_value_type(F&& f) {
   f(at::vec::Vectorized<acc_t>{});
 }
 
-// Sums per-neuron values (B, C, I) over B and I in a fixed order: deterministic whatever the
-// number of threads. Accumulates in double.
+// Fresh outputs of a few MB would otherwise cost a page fault every 4 KiB on first write, about
+// as much time as the kernel's own traffic: their memory is asked for in 2 MiB pages (Linux,
+// transparent huge pages in "madvise" or "always" mode; elsewhere, or when refused, nothing
+// changes). Only the whole 2 MiB pages inside the tensor are advised; call before first write.
+void advise_huge_pages(const at::Tensor& t) {
+#if defined(__linux__) && defined(MADV_HUGEPAGE)
+  constexpr uintptr_t kHuge = uintptr_t(1) << 21;
+  if (!t.defined() || t.nbytes() < 2 * kHuge) return;
+  const auto begin = reinterpret_cast<uintptr_t>(t.data_ptr());
+  const uintptr_t first = (begin + kHuge - 1) & ~(kHuge - 1);
+  const uintptr_t last = (begin + t.nbytes()) & ~(kHuge - 1);
+  if (last > first) madvise(reinterpret_cast<void*>(first), last - first, MADV_HUGEPAGE);
+#else
+  (void)t;
+#endif
+}
+
+// Sums the per-neuron dL/dtau and dL/dv_th terms (B, C, I) over B and I, in a fixed order:
+// deterministic whatever the number of threads. Accumulates in double; the two sums of a channel
+// are separate tasks (with scalar parameters, C = 1: one thread each).
 template <typename acc_t>
-at::Tensor sum_per_channel(const AlifParams& p, const acc_t* per_neuron, at::TensorOptions opts) {
-  at::Tensor out = at::empty({p.C}, opts);
-  acc_t* o = out.data_ptr<acc_t>();
-  at::parallel_for(0, p.C, 1, [&](int64_t c0, int64_t c1) {
-    for (int64_t c = c0; c < c1; ++c) {
+std::pair<at::Tensor, at::Tensor> sum_per_channel(const AlifParams& p, const acc_t* dtau_n,
+                                                  const acc_t* dvth_n, at::TensorOptions opts) {
+  // Two tensors, not rows of one: the two gradients must not share storage.
+  at::Tensor sum_tau = at::empty({p.C}, opts), sum_vth = at::empty({p.C}, opts);
+  acc_t* const out[2] = {sum_tau.data_ptr<acc_t>(), sum_vth.data_ptr<acc_t>()};
+  at::parallel_for(0, 2 * p.C, 1, [&](int64_t k0, int64_t k1) {
+    for (int64_t k = k0; k < k1; ++k) {
+      const int64_t c = k % p.C;
+      const acc_t* per_neuron = k < p.C ? dtau_n : dvth_n;
       double s = 0;
       for (int64_t b = 0; b < p.B; ++b) {
         const acc_t* row = per_neuron + (b * p.C + c) * p.I;
         for (int64_t i = 0; i < p.I; ++i) s += row[i];
       }
-      o[c] = acc_t(s);
+      out[k / p.C][c] = acc_t(s);
     }
   });
-  return out;
+  return {sum_tau, sum_vth};
 }
 
 // The values are read here anyway (converted to the math dtype): checking them costs no sync.
@@ -303,16 +168,18 @@ T* mut_ptr_or_null(const at::Tensor& t) {
 std::tuple<at::Tensor, at::Tensor, at::Tensor> alif_fwd_cpu(
     const at::Tensor& x, const at::Tensor& tau, const at::Tensor& v_th,
     const std::optional<at::Tensor>& u0, std::optional<int64_t> steps, std::string_view reset,
-    bool checkpoint, bool detach_reset, std::string_view surrogate, double width, double alpha) {
+    bool checkpoint, bool detach_reset, std::string_view surrogate, double width, double alpha,
+    bool decay_input) {
   const AlifParams p = make_alif_fwd_params(x, tau, v_th, u0, steps, reset, detach_reset,
-                                            surrogate, width, alpha);
+                                            surrogate, width, alpha, decay_input);
   AlifFwdOutputs out = alloc_alif_fwd(x, p, checkpoint);
+  for (const at::Tensor* t : {&out.spikes, &out.u_last, &out.u_ckpt}) advise_huge_pages(*t);
   const at::Tensor xc = x.contiguous();
   const at::Tensor u0c = u0.has_value() ? u0->contiguous() : at::Tensor();
   ALIF_DISPATCH_CPU(x.scalar_type(), "alif_fwd_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     const auto [tau_c, vth_c] = math_params<acc_t>("alif", tau, v_th);
-    CpuPtrs<scalar_t> q;
+    AlifPtrs<scalar_t> q;
     q.x = xc.data_ptr<scalar_t>();
     q.u0 = ptr_or_null<scalar_t>(u0c);
     q.tau = tau_c.data_ptr<acc_t>();
@@ -320,12 +187,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> alif_fwd_cpu(
     q.u_ckpt = mut_ptr_or_null<acc_t>(out.u_ckpt);
     q.spikes = out.spikes.data_ptr<scalar_t>();
     q.u_last = out.u_last.data_ptr<scalar_t>();
-    with_value_type<scalar_t>([&](auto v) {
-      bool_switch2(p.soft_reset, p.static_x, [&](auto soft, auto stat) {
-        alif_fwd_cpu_kernel<decltype(v), scalar_t, decltype(soft)::value, decltype(stat)::value>(
-            p, q);
-      });
-    });
+    with_value_type<scalar_t>([&](auto v) { isa_default::run_alif_fwd<decltype(v)>(p, q); });
   });
   return {out.spikes, out.u_last, out.u_ckpt};
 }
@@ -335,18 +197,21 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> alif_bwd_cpu(
     const at::Tensor& x, const std::optional<at::Tensor>& u_ckpt, std::optional<int64_t> steps,
     const at::Tensor& tau, const at::Tensor& v_th, const std::optional<at::Tensor>& u0,
     std::string_view reset, bool detach_reset, std::string_view surrogate, double width,
-    double alpha, bool need_grad_u0) {
+    double alpha, bool need_grad_u0, bool decay_input) {
   const AlifParams p = make_alif_bwd_params(grad_spikes, grad_u_last, x, u_ckpt, steps, tau, v_th,
-                                            u0, reset, detach_reset, surrogate, width, alpha);
+                                            u0, reset, detach_reset, surrogate, width, alpha,
+                                            decay_input);
   const AlifBwdBuffers buf =
       prepare_alif_bwd(p, grad_spikes, grad_u_last, x, u_ckpt, u0, need_grad_u0);
+  advise_huge_pages(buf.grad_x);
   at::Tensor grad_tau, grad_vth;
   ALIF_DISPATCH_CPU(x.scalar_type(), "alif_bwd_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     const auto acc_opts = x.options().dtype(c10::CppTypeToScalarType<acc_t>::value);
     const auto [tau_c, vth_c] = math_params<acc_t>("alif_bwd", tau, v_th);
-    at::Tensor dtau_n = at::empty({p.N}, acc_opts), dvth_n = at::empty({p.N}, acc_opts);
-    CpuPtrs<scalar_t> q;
+    at::Tensor per_neuron = at::empty({2, p.N}, acc_opts);
+    advise_huge_pages(per_neuron);
+    AlifPtrs<scalar_t> q;
     q.x = buf.x.data_ptr<scalar_t>();
     q.u0 = ptr_or_null<scalar_t>(buf.u0);
     q.grad_spikes = ptr_or_null<scalar_t>(buf.grad_spikes);
@@ -356,16 +221,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> alif_bwd_cpu(
     q.u_ckpt = mut_ptr_or_null<acc_t>(buf.u_ckpt);
     q.grad_x = buf.grad_x.data_ptr<scalar_t>();
     q.grad_u0 = mut_ptr_or_null<scalar_t>(buf.grad_u0);
-    q.dtau_n = dtau_n.data_ptr<acc_t>();
-    q.dvth_n = dvth_n.data_ptr<acc_t>();
-    with_value_type<scalar_t>([&](auto v) {
-      alif_flag_switch(p, [&](auto soft, auto detach, auto rect, auto stat) {
-        alif_bwd_cpu_kernel<decltype(v), scalar_t, decltype(soft)::value, decltype(detach)::value,
-                            decltype(rect)::value, decltype(stat)::value>(p, q);
-      });
-    });
-    grad_tau = param_grad(sum_per_channel(p, q.dtau_n, acc_opts), tau);
-    grad_vth = param_grad(sum_per_channel(p, q.dvth_n, acc_opts), v_th);
+    q.dtau_n = per_neuron.data_ptr<acc_t>();
+    q.dvth_n = q.dtau_n + p.N;
+    with_value_type<scalar_t>([&](auto v) { isa_default::run_alif_bwd<decltype(v)>(p, q); });
+    const auto [sum_tau, sum_vth] = sum_per_channel(p, q.dtau_n, q.dvth_n, acc_opts);
+    grad_tau = param_grad(sum_tau, tau);
+    grad_vth = param_grad(sum_vth, v_th);
   });
   return {buf.grad_x, grad_tau, grad_vth, buf.grad_u0};
 }

@@ -73,22 +73,7 @@ __device__ __forceinline__ void store_v(T* p, const value_t<acc_t, L>& v) {
 }
 
 template <typename scalar_t>
-struct CudaPtrs {
-  using acc_t = at::opmath_type<scalar_t>;
-  const scalar_t* x = nullptr;
-  const scalar_t* u0 = nullptr;
-  const scalar_t* grad_spikes = nullptr;
-  const scalar_t* grad_u_last = nullptr;
-  const acc_t* tau = nullptr;
-  const acc_t* v_th = nullptr;
-  acc_t* u_ckpt = nullptr;
-  scalar_t* spikes = nullptr;
-  scalar_t* u_last = nullptr;
-  scalar_t* grad_x = nullptr;
-  scalar_t* grad_u0 = nullptr;
-  acc_t* dtau_n = nullptr;  // per-neuron sums, per-channel parameters only
-  acc_t* dvth_n = nullptr;
-};
+using CudaPtrs = AlifPtrs<scalar_t>;
 
 // The Mem accessor of alif.h for the L neurons [n, n + L) of one thread.
 template <typename scalar_t, int L, bool kStatic>
@@ -144,13 +129,13 @@ __device__ __forceinline__ NeuronConsts<value_t<at::opmath_type<scalar_t>, L>> t
                      lane_param<L>(p, q.v_th, p.vth_per_channel, n), SurrogateScalars<acc_t>(p));
 }
 
-template <typename scalar_t, int L, bool kSoft, bool kStatic>
+template <typename scalar_t, int L, bool kSoft, bool kStatic, bool kDecay>
 __global__ void __launch_bounds__(kThreads)
     alif_fwd_kernel(const AlifParams p, const CudaPtrs<scalar_t> q) {
   const int64_t n = (blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x) * L;
   if (n >= p.N) return;
   const CudaMem<scalar_t, L, kStatic> m{q, p.N, n};
-  alif_fwd_neurons<kSoft>(m, thread_consts<scalar_t, L>(p, q, n), p.T);
+  alif_fwd_neurons<kSoft, kDecay>(m, thread_consts<scalar_t, L>(p, q, n), p.T);
 }
 
 // Sums a and b over the block in a fixed order; thread 0 gets the totals.
@@ -180,7 +165,8 @@ __device__ void block_sum2(acc_t& a, acc_t& b) {
 }
 
 // partials: (2, gridDim.x) block sums of dtau and dv_th (scalar parameters only).
-template <typename scalar_t, int L, bool kSoft, bool kDetach, bool kRect, bool kStatic>
+template <typename scalar_t, int L, bool kSoft, bool kDetach, Surrogate kSur, bool kStatic,
+          bool kDecay>
 __global__ void __launch_bounds__(kThreads)
     alif_bwd_kernel(const AlifParams p, const CudaPtrs<scalar_t> q,
                     at::opmath_type<scalar_t>* __restrict__ partials) {
@@ -192,8 +178,8 @@ __global__ void __launch_bounds__(kThreads)
   if (n < p.N) {
     const CudaMem<scalar_t, L, kStatic> m{q, p.N, n};
     V dtau = m.zero(), dvth = m.zero();
-    alif_bwd_neurons<kSoft, kDetach, kRect, kStatic>(m, thread_consts<scalar_t, L>(p, q, n), p.T,
-                                                     dtau, dvth);
+    alif_bwd_neurons<kSoft, kDetach, kSur, kStatic, kDecay>(
+        m, thread_consts<scalar_t, L>(p, q, n), p.T, dtau, dvth);
     if (per_channel) {
       store_v<L, acc_t>(q.dtau_n + n, dtau);
       store_v<L, acc_t>(q.dvth_n + n, dvth);
@@ -310,9 +296,10 @@ T* mut_ptr_or_null(const at::Tensor& t) {
 std::tuple<at::Tensor, at::Tensor, at::Tensor> alif_fwd_cuda(
     const at::Tensor& x, const at::Tensor& tau, const at::Tensor& v_th,
     const std::optional<at::Tensor>& u0, std::optional<int64_t> steps, std::string_view reset,
-    bool checkpoint, bool detach_reset, std::string_view surrogate, double width, double alpha) {
+    bool checkpoint, bool detach_reset, std::string_view surrogate, double width, double alpha,
+    bool decay_input) {
   const AlifParams p = make_alif_fwd_params(x, tau, v_th, u0, steps, reset, detach_reset,
-                                            surrogate, width, alpha);
+                                            surrogate, width, alpha, decay_input);
   const c10::cuda::OptionalCUDAGuard guard(x.device());
   AlifFwdOutputs out = alloc_alif_fwd(x, p, checkpoint);
   if (p.N == 0) return {out.spikes, out.u_last, out.u_ckpt};
@@ -334,8 +321,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> alif_fwd_cuda(
     constexpr int kL = vector_lanes<scalar_t>();
     auto launch = [&](auto lanes) {
       constexpr int L = decltype(lanes)::value;
-      bool_switch2(p.soft_reset, p.static_x, [&](auto soft, auto stat) {
-        alif_fwd_kernel<scalar_t, L, decltype(soft)::value, decltype(stat)::value>
+      alif_fwd_flag_switch(p, [&](auto soft, auto stat, auto decay) {
+        alif_fwd_kernel<scalar_t, L, decltype(soft)::value, decltype(stat)::value,
+                        decltype(decay)::value>
             <<<ceil_div(p.N, kThreads * L), kThreads, 0, stream>>>(p, q);
         C10_CUDA_KERNEL_LAUNCH_CHECK();
       });
@@ -354,9 +342,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> alif_bwd_cuda(
     const at::Tensor& x, const std::optional<at::Tensor>& u_ckpt, std::optional<int64_t> steps,
     const at::Tensor& tau, const at::Tensor& v_th, const std::optional<at::Tensor>& u0,
     std::string_view reset, bool detach_reset, std::string_view surrogate, double width,
-    double alpha, bool need_grad_u0) {
+    double alpha, bool need_grad_u0, bool decay_input) {
   const AlifParams p = make_alif_bwd_params(grad_spikes, grad_u_last, x, u_ckpt, steps, tau, v_th,
-                                            u0, reset, detach_reset, surrogate, width, alpha);
+                                            u0, reset, detach_reset, surrogate, width, alpha,
+                                            decay_input);
   const c10::cuda::OptionalCUDAGuard guard(x.device());
   const AlifBwdBuffers buf =
       prepare_alif_bwd(p, grad_spikes, grad_u_last, x, u_ckpt, u0, need_grad_u0);
@@ -393,9 +382,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> alif_bwd_cuda(
       acc_t* partials_p = per_channel ? nullptr : partials.data_ptr<acc_t>();
       auto launch = [&](auto lanes) {
         constexpr int kLanes = decltype(lanes)::value;
-        alif_flag_switch(p, [&](auto soft, auto detach, auto rect, auto stat) {
+        alif_flag_switch(p, [&](auto soft, auto detach, auto sur, auto stat, auto decay) {
           alif_bwd_kernel<scalar_t, kLanes, decltype(soft)::value, decltype(detach)::value,
-                          decltype(rect)::value, decltype(stat)::value>
+                          decltype(sur)::value, decltype(stat)::value, decltype(decay)::value>
               <<<blocks, kThreads, 0, stream>>>(p, q, partials_p);
           C10_CUDA_KERNEL_LAUNCH_CHECK();
         });

@@ -49,13 +49,16 @@ bool check_param(const char* who, const char* name, const at::Tensor& p, const a
 }
 
 void set_surrogate(AlifParams& p, std::string_view surrogate, double width, double alpha) {
-  TORCH_CHECK(surrogate == "rect" || surrogate == "atan",
-              "alif: surrogate must be \"rect\" or \"atan\", got \"", std::string(surrogate), "\"");
+  TORCH_CHECK(surrogate == "rect" || surrogate == "atan" || surrogate == "sigmoid",
+              "alif: surrogate must be \"rect\", \"atan\" or \"sigmoid\", got \"",
+              std::string(surrogate), "\"");
   TORCH_CHECK(std::isfinite(width) && width > 0, "alif: the rect surrogate's width must be > 0, got ",
               width);
-  TORCH_CHECK(std::isfinite(alpha) && alpha > 0, "alif: the atan surrogate's alpha must be > 0, got ",
-              alpha);
-  p.surrogate = surrogate == "rect" ? Surrogate::Rect : Surrogate::Atan;
+  TORCH_CHECK(std::isfinite(alpha) && alpha > 0,
+              "alif: the atan/sigmoid surrogate's alpha must be > 0, got ", alpha);
+  p.surrogate = surrogate == "rect"   ? Surrogate::Rect
+                : surrogate == "atan" ? Surrogate::Atan
+                                      : Surrogate::Sigmoid;
   p.width = width;
   p.alpha = alpha;
 }
@@ -126,9 +129,10 @@ AlifParams make_alif_fwd_params(const at::Tensor& x, const at::Tensor& tau,
                                 const at::Tensor& v_th, const std::optional<at::Tensor>& u0,
                                 std::optional<int64_t> steps, std::string_view reset,
                                 bool detach_reset, std::string_view surrogate, double width,
-                                double alpha) {
+                                double alpha, bool decay_input) {
   AlifParams p = make_alif_params("alif", x, steps, tau, v_th, u0, reset);
   p.detach_reset = detach_reset;
+  p.decay_input = decay_input;
   set_surrogate(p, surrogate, width, alpha);
   return p;
 }
@@ -163,7 +167,8 @@ AlifParams make_alif_bwd_params(const std::optional<at::Tensor>& grad_spikes,
                                 std::optional<int64_t> steps, const at::Tensor& tau,
                                 const at::Tensor& v_th, const std::optional<at::Tensor>& u0,
                                 std::string_view reset, bool detach_reset,
-                                std::string_view surrogate, double width, double alpha) {
+                                std::string_view surrogate, double width, double alpha,
+                                bool decay_input) {
   const char* who = "alif_bwd";
   AlifParams p = make_alif_params(who, x, steps, tau, v_th, u0, reset);
   const auto step = step_shape(x, p.static_x);
@@ -182,6 +187,7 @@ AlifParams make_alif_bwd_params(const std::optional<at::Tensor>& grad_spikes,
                 u_ckpt.has_value() ? shape_str(u_ckpt->sizes()) : std::string("None"));
   }
   p.detach_reset = detach_reset;
+  p.decay_input = decay_input;
   set_surrogate(p, surrogate, width, alpha);
   return p;
 }
@@ -265,6 +271,9 @@ AlifParams make_bwd_params(const at::Tensor& grad_spikes,
   }
   p.detach_reset = detach_reset;
   set_surrogate(p, surrogate, width, alpha);
+  TORCH_CHECK(p.surrogate != Surrogate::Sigmoid, who,
+              ": the legacy kernels have no sigmoid surrogate (alif runs such calls on the "
+              "replaying kernels)");
   return p;
 }
 
@@ -401,7 +410,8 @@ TORCH_LIBRARY(alif_cuda, m) {
   // (T, B, ...), or (B, ...) repeated over `steps` steps when steps is given (static input).
   m.def(
       "alif(Tensor x, Tensor tau, Tensor v_th, Tensor? u0, int? steps, str reset, "
-      "bool detach_reset, str surrogate, float width, float alpha) -> (Tensor, Tensor)");
+      "bool detach_reset, str surrogate, float width, float alpha, bool decay_input=False) "
+      "-> (Tensor, Tensor)");
   // taid: y (B, C, H, W) in s's dtype and the attention A (T, B, C, math dtype, not
   // differentiable).
   m.def("taid(Tensor s, Tensor w, str reduce) -> (Tensor, Tensor)");
@@ -413,8 +423,8 @@ TORCH_LIBRARY(alif_cuda, m) {
   // validated here so a bad option fails at the forward.
   m.def(
       "alif_fwd(Tensor x, Tensor tau, Tensor v_th, Tensor? u0, int? steps, str reset, "
-      "bool checkpoint, bool detach_reset, str surrogate, float width, float alpha) "
-      "-> (Tensor, Tensor, Tensor)");
+      "bool checkpoint, bool detach_reset, str surrogate, float width, float alpha, "
+      "bool decay_input=False) -> (Tensor, Tensor, Tensor)");
   // BPTT of alif_fwd from x itself: each chunk of steps is replayed from x, then walked back.
   // Absent grad_spikes / grad_u_last are zero. Returns dL/dx (x's shape: (B, ...) summed over
   // time for a static x), dL/dtau, dL/dv_th (their shapes and dtypes) and dL/du0 (empty unless
@@ -422,8 +432,11 @@ TORCH_LIBRARY(alif_cuda, m) {
   m.def(
       "alif_bwd(Tensor? grad_spikes, Tensor? grad_u_last, Tensor x, Tensor? u_ckpt, int? steps, "
       "Tensor tau, Tensor v_th, Tensor? u0, str reset, bool detach_reset, str surrogate, "
-      "float width, float alpha, bool need_grad_u0) -> (Tensor, Tensor, Tensor, Tensor)");
-  // The legacy saved-h kernels (alif_legacy.h), used by alif when ALIF_CUDA_LEGACY_KERNELS=1:
+      "float width, float alpha, bool need_grad_u0, bool decay_input=False) "
+      "-> (Tensor, Tensor, Tensor, Tensor)");
+  // The legacy saved-h kernels (alif_legacy.h), used by alif when ALIF_CUDA_LEGACY_KERNELS=1
+  // for the configurations they have (no decay_input, no sigmoid surrogate; others run on the
+  // kernels above):
   // h (T, B, ...) in the math dtype is the third output (empty unless save_h and time-major), and
   // the backward takes exactly one of h and x_static.
   m.def(
@@ -475,12 +488,15 @@ c10::TypedOperatorHandle<Sig> op_handle(const char* name) {
 
 using AlifFwdSig = std::tuple<at::Tensor, at::Tensor, at::Tensor>(
     const at::Tensor&, const at::Tensor&, const at::Tensor&, const std::optional<at::Tensor>&,
+    std::optional<int64_t>, std::string_view, bool, bool, std::string_view, double, double, bool);
+using AlifFwdSavedHSig = std::tuple<at::Tensor, at::Tensor, at::Tensor>(
+    const at::Tensor&, const at::Tensor&, const at::Tensor&, const std::optional<at::Tensor>&,
     std::optional<int64_t>, std::string_view, bool, bool, std::string_view, double, double);
 using AlifBwdSig = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor>(
     const std::optional<at::Tensor>&, const std::optional<at::Tensor>&, const at::Tensor&,
     const std::optional<at::Tensor>&, std::optional<int64_t>, const at::Tensor&, const at::Tensor&,
     const std::optional<at::Tensor>&, std::string_view, bool, std::string_view, double, double,
-    bool);
+    bool, bool);
 using AlifBwdSavedHSig = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor>(
     const at::Tensor&, const std::optional<at::Tensor>&, const std::optional<at::Tensor>&,
     const std::optional<at::Tensor>&, const at::Tensor&, const at::Tensor&,
@@ -497,17 +513,26 @@ std::optional<at::Tensor> opt(const at::Tensor& t) {
   return t.defined() ? std::optional<at::Tensor>(t) : std::nullopt;
 }
 
+// Whether this call runs the legacy kernels: selected, and a configuration they have.
+bool legacy_for(std::string_view surrogate, bool decay_input) {
+  return use_legacy_kernels() && !decay_input && surrogate != "sigmoid";
+}
+
 // The forward without autograd; `for_backward` asks for what the backward needs (checkpoints,
 // or h from the legacy kernels) as the third output.
 std::tuple<at::Tensor, at::Tensor, at::Tensor> alif_forward(
     const at::Tensor& x, const at::Tensor& tau, const at::Tensor& v_th,
     const std::optional<at::Tensor>& u0, std::optional<int64_t> steps, std::string_view reset,
     bool for_backward, bool detach_reset, std::string_view surrogate, double width,
-    double alpha) {
+    double alpha, bool decay_input) {
   static const auto fwd = op_handle<AlifFwdSig>("alif_cuda::alif_fwd");
-  static const auto fwd_saved_h = op_handle<AlifFwdSig>("alif_cuda::alif_fwd_saved_h");
-  return (use_legacy_kernels() ? fwd_saved_h : fwd)
-      .call(x, tau, v_th, u0, steps, reset, for_backward, detach_reset, surrogate, width, alpha);
+  static const auto fwd_saved_h = op_handle<AlifFwdSavedHSig>("alif_cuda::alif_fwd_saved_h");
+  if (legacy_for(surrogate, decay_input)) {
+    return fwd_saved_h.call(x, tau, v_th, u0, steps, reset, for_backward, detach_reset, surrogate,
+                            width, alpha);
+  }
+  return fwd.call(x, tau, v_th, u0, steps, reset, for_backward, detach_reset, surrogate, width,
+                  alpha, decay_input);
 }
 
 struct AlifFunction : public torch::autograd::Function<AlifFunction> {
@@ -515,10 +540,10 @@ struct AlifFunction : public torch::autograd::Function<AlifFunction> {
                                const at::Tensor& v_th, const std::optional<at::Tensor>& u0,
                                std::optional<int64_t> steps, std::string_view reset,
                                bool detach_reset, std::string_view surrogate, double width,
-                               double alpha) {
+                               double alpha, bool decay_input) {
     at::AutoDispatchBelowADInplaceOrView guard;
     auto [spikes, u_last, state] = alif_forward(x, tau, v_th, u0, steps, reset, true,
-                                                detach_reset, surrogate, width, alpha);
+                                                detach_reset, surrogate, width, alpha, decay_input);
     // Saved: x itself (never a copy; autograd's version counter guards it), the parameters,
     // u0, and the checkpoints (empty for T <= 8) or, from the legacy kernels, h.
     ctx->save_for_backward({x, tau, v_th, u0.value_or(at::Tensor()), state});
@@ -528,6 +553,7 @@ struct AlifFunction : public torch::autograd::Function<AlifFunction> {
     ctx->saved_data["surrogate"] = std::string(surrogate);
     ctx->saved_data["width"] = width;
     ctx->saved_data["alpha"] = alpha;
+    ctx->saved_data["decay_input"] = decay_input;
     ctx->set_materialize_grads(false);
     return {spikes, u_last};
   }
@@ -539,7 +565,7 @@ struct AlifFunction : public torch::autograd::Function<AlifFunction> {
     const at::Tensor &x = saved[0], &tau = saved[1], &v_th = saved[2], &u0 = saved[3],
                      &state = saved[4];
     const at::Tensor &g_spikes = grads[0], &g_u_last = grads[1];
-    variable_list out(10);
+    variable_list out(11);
     if (!g_spikes.defined() && !g_u_last.defined()) return out;
     const auto& d = ctx->saved_data;
     const c10::IValue& steps_v = d.at("steps");
@@ -548,9 +574,10 @@ struct AlifFunction : public torch::autograd::Function<AlifFunction> {
     const std::string reset = d.at("reset").toStringRef(), surrogate = d.at("surrogate").toStringRef();
     const bool detach = d.at("detach_reset").toBool();
     const double width = d.at("width").toDouble(), alpha = d.at("alpha").toDouble();
+    const bool decay_input = d.at("decay_input").toBool();
     const bool need_grad_u0 = u0.defined() && ctx->needs_input_grad(3);
     std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> r;
-    if (use_legacy_kernels()) {
+    if (legacy_for(surrogate, decay_input)) {
       const bool stat = steps.has_value();
       // The legacy backward needs grad_spikes: zeros when the spikes got no gradient.
       std::vector<int64_t> seq = x.sizes().vec();
@@ -561,7 +588,7 @@ struct AlifFunction : public torch::autograd::Function<AlifFunction> {
                            surrogate, width, alpha, need_grad_u0);
     } else {
       r = bwd.call(opt(g_spikes), opt(g_u_last), x, opt(state), steps, tau, v_th, opt(u0), reset,
-                   detach, surrogate, width, alpha, need_grad_u0);
+                   detach, surrogate, width, alpha, need_grad_u0, decay_input);
     }
     out[0] = std::get<0>(r);
     out[1] = std::get<1>(r);
@@ -581,16 +608,17 @@ bool any_requires_grad(std::initializer_list<const at::Tensor*> ts) {
 std::tuple<at::Tensor, at::Tensor> alif_autograd(
     const at::Tensor& x, const at::Tensor& tau, const at::Tensor& v_th,
     const std::optional<at::Tensor>& u0, std::optional<int64_t> steps, std::string_view reset,
-    bool detach_reset, std::string_view surrogate, double width, double alpha) {
+    bool detach_reset, std::string_view surrogate, double width, double alpha,
+    bool decay_input) {
   const at::Tensor u0_t = u0.value_or(at::Tensor());
   if (!at::GradMode::is_enabled() || !any_requires_grad({&x, &tau, &v_th, &u0_t})) {
     at::AutoDispatchBelowADInplaceOrView guard;
     auto [spikes, u_last, state] = alif_forward(x, tau, v_th, u0, steps, reset, false,
-                                                detach_reset, surrogate, width, alpha);
+                                                detach_reset, surrogate, width, alpha, decay_input);
     return {spikes, u_last};
   }
   const auto out = AlifFunction::apply(x, tau, v_th, u0, steps, reset, detach_reset, surrogate,
-                                       width, alpha);
+                                       width, alpha, decay_input);
   return {out[0], out[1]};
 }
 
@@ -598,9 +626,10 @@ std::tuple<at::Tensor, at::Tensor> alif_autograd(
 std::tuple<at::Tensor, at::Tensor> alif_no_grad(
     const at::Tensor& x, const at::Tensor& tau, const at::Tensor& v_th,
     const std::optional<at::Tensor>& u0, std::optional<int64_t> steps, std::string_view reset,
-    bool detach_reset, std::string_view surrogate, double width, double alpha) {
+    bool detach_reset, std::string_view surrogate, double width, double alpha,
+    bool decay_input) {
   auto [spikes, u_last, state] = alif_forward(x, tau, v_th, u0, steps, reset, false, detach_reset,
-                                              surrogate, width, alpha);
+                                              surrogate, width, alpha, decay_input);
   return {spikes, u_last};
 }
 
@@ -694,7 +723,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> alif_bwd_autograd(
     const at::Tensor& x, const std::optional<at::Tensor>& u_ckpt, std::optional<int64_t> steps,
     const at::Tensor& tau, const at::Tensor& v_th, const std::optional<at::Tensor>& u0,
     std::string_view reset, bool detach_reset, std::string_view surrogate, double width,
-    double alpha, bool need_grad_u0) {
+    double alpha, bool need_grad_u0, bool decay_input) {
   static const auto bwd = op_handle<AlifBwdSig>("alif_cuda::alif_bwd");
   const auto out = run_backward_op<kAlifBwd>(
       {grad_spikes.value_or(at::Tensor()), grad_u_last.value_or(at::Tensor()), x, tau, v_th,
@@ -702,7 +731,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> alif_bwd_autograd(
       [&] {
         at::AutoDispatchBelowADInplaceOrView guard;
         return to_list(bwd.call(grad_spikes, grad_u_last, x, u_ckpt, steps, tau, v_th, u0, reset,
-                                detach_reset, surrogate, width, alpha, need_grad_u0),
+                                detach_reset, surrogate, width, alpha, need_grad_u0, decay_input),
                        std::make_index_sequence<4>{});
       });
   return {out[0], out[1], out[2], out[3]};

@@ -78,6 +78,45 @@ def test_alif_matches_reference(device, dtype, T, per_channel, surrogate, reset,
     check_against_reference(x, tau, v_th, u0, x, opts, dtype)
 
 
+# SpikingJelly's options: the sigmoid surrogate (every flag) and decay_input (every surrogate).
+SJ_OPTIONS = [
+    o for o in itertools.product([False, True], ["rect", "atan", "sigmoid"], ["hard", "soft"],
+                                 [False, True], [False, True])
+    if o[1] == "sigmoid" or o[4]
+]
+SJ_OPTION_IDS = [
+    f"{'chan' if pc else 'scalar'}-{s}-{r}-{'detach' if d else 'attached'}-"
+    f"{'decay' if di else 'nodecay'}"
+    for pc, s, r, d, di in SJ_OPTIONS
+]
+
+
+@pytest.mark.parametrize("device,dtype", device_dtype_params())
+@pytest.mark.parametrize("T", [1, 7, 33])
+@pytest.mark.parametrize("per_channel,surrogate,reset,detach_reset,decay_input", SJ_OPTIONS,
+                         ids=SJ_OPTION_IDS)
+def test_alif_sigmoid_and_decay_input_match_reference(device, dtype, T, per_channel, surrogate,
+                                                      reset, detach_reset, decay_input):
+    """h_t = tau u + (1 - tau) x (decay_input) and the sigmoid surrogate, time-major and static:
+    spikes exactly, state and every gradient (the extra dL/dtau and dL/dx terms) to tolerance."""
+    opts = dict(surrogate=surrogate, reset=reset, detach_reset=detach_reset,
+                decay_input=decay_input, alpha=3.0 if surrogate == "sigmoid" else None)
+    x, tau, v_th, u0 = make_inputs(T, (3, 5, 7), device, dtype, per_channel)
+    check_against_reference(x, tau, v_th, u0, x, opts, dtype)
+    x, tau, v_th, u0 = make_inputs(T, (3, 4, 5), device, dtype, per_channel, static=True, seed=1)
+    check_against_reference(x, tau, v_th, u0, x.unsqueeze(0).expand(T, *x.shape), opts, dtype)
+
+
+def test_alpha_defaults_follow_the_surrogate():
+    """alpha=None is 2 for atan and 4 for sigmoid (SpikingJelly's defaults)."""
+    x, tau, v_th, _ = make_inputs(5, (2, 9), "cpu", torch.float64, False, u0=False)
+    for surrogate, alpha in (("atan", 2.0), ("sigmoid", 4.0)):
+        default = torch.autograd.grad(alif(x, tau, v_th, surrogate=surrogate).sum(), x)[0]
+        explicit = torch.autograd.grad(alif(x, tau, v_th, surrogate=surrogate, alpha=alpha).sum(), x)[0]
+        other = torch.autograd.grad(alif(x, tau, v_th, surrogate=surrogate, alpha=alpha + 1).sum(), x)[0]
+        assert torch.equal(default, explicit) and not torch.equal(default, other)
+
+
 @pytest.mark.parametrize("device,dtype", device_dtype_params())
 @pytest.mark.parametrize("T", [1, 2, 7, 33])
 @pytest.mark.parametrize("per_channel,surrogate,reset,detach_reset", OPTIONS, ids=OPTION_IDS)

@@ -69,7 +69,7 @@ def test_u0_of_wrong_shape_or_dtype(device):
 def test_bad_options():
     x = torch.zeros(3, 4)
     with pytest.raises(ValueError, match="surrogate must be one of"):
-        alif(x, 0.5, 0.2, surrogate="sigmoid")
+        alif(x, 0.5, 0.2, surrogate="triangle")
     with pytest.raises(ValueError, match="reset must be one of"):
         alif(x, 0.5, 0.2, reset="zero")
     with pytest.raises(ValueError, match="width must be > 0"):
@@ -87,10 +87,21 @@ def test_ops_reject_bad_options_directly():
     for op in (torch.ops.alif_cuda.alif_fwd, torch.ops.alif_cuda.alif_fwd_saved_h):
         with pytest.raises(RuntimeError, match=r'reset must be "hard" or "soft", got "none"'):
             op(x, tau, v_th, None, None, "none", False, False, "rect", 1.0, 2.0)
-        with pytest.raises(RuntimeError, match=r'surrogate must be "rect" or "atan", got "tri"'):
+        with pytest.raises(RuntimeError, match=r'surrogate must be "rect", "atan" or "sigmoid", got "tri"'):
             op(x, tau, v_th, None, None, "hard", False, False, "tri", 1.0, 2.0)
-    with pytest.raises(RuntimeError, match=r'surrogate must be "rect" or "atan", got "tri"'):
+    with pytest.raises(RuntimeError, match=r'surrogate must be "rect", "atan" or "sigmoid", got "tri"'):
         torch.ops.alif_cuda.alif(x, tau, v_th, None, None, "hard", False, "tri", 1.0, 2.0)
+
+
+def test_legacy_backward_refuses_the_sigmoid_surrogate():
+    """The saved-h kernels have no sigmoid surrogate: said, not computed as another one."""
+    x = torch.zeros(3, 4)
+    tau, v_th = params()
+    spikes, _, h = torch.ops.alif_cuda.alif_fwd_saved_h(x, tau, v_th, None, None, "hard", True,
+                                                         False, "sigmoid", 1.0, 4.0)
+    with pytest.raises(RuntimeError, match="legacy kernels have no sigmoid surrogate"):
+        torch.ops.alif_cuda.alif_bwd_saved_h(torch.ones_like(spikes), None, h, None, tau, v_th,
+                                             None, "hard", False, "sigmoid", 1.0, 4.0, False)
 
 
 def test_backward_without_checkpoints_is_an_error():

@@ -41,7 +41,8 @@ def inputs(T, step_shape, dtype, per_channel, *, static=False, seed=0, u0=True):
     return x, tau, v_th, u, gs, gu
 
 
-def run_ops(x, tau, v_th, u0, gs, gu, *, static, T, reset, detach, surrogate, legacy=False):
+def run_ops(x, tau, v_th, u0, gs, gu, *, static, T, reset, detach, surrogate, legacy=False,
+            decay=False):
     """Forward and backward through the kernels directly (no autograd): the outputs and grads."""
     steps = T if static else None
     opts = (reset, True, detach, surrogate, 0.7, 2.5)
@@ -52,11 +53,11 @@ def run_ops(x, tau, v_th, u0, gs, gu, *, static, T, reset, detach, surrogate, le
             surrogate, 0.7, 2.5, u0 is not None,
         )
     else:
-        spikes, u_last, u_ckpt = torch.ops.alif_cuda.alif_fwd(x, tau, v_th, u0, steps, *opts)
+        spikes, u_last, u_ckpt = torch.ops.alif_cuda.alif_fwd(x, tau, v_th, u0, steps, *opts, decay)
         assert u_ckpt.shape[0] == (0 if static or T <= CHUNK else (T - 1) // CHUNK)
         grads = torch.ops.alif_cuda.alif_bwd(
             gs, gu, x, u_ckpt, steps, tau, v_th, u0, reset, detach, surrogate, 0.7, 2.5,
-            u0 is not None,
+            u0 is not None, decay,
         )
     return (spikes, u_last, *grads)
 
@@ -110,6 +111,24 @@ def test_lane_count_tails(value_type, N):
     with cpu_value_type(value_type):
         got = run_ops(x, tau, v_th, u0, gs, gu, **kw)
     assert_bitwise(got, run_ops(x, tau, v_th, u0, gs, gu, legacy=True, **kw))
+
+
+@pytest.mark.parametrize("dtype,value_type", [(torch.float32, v) for v in VALUE_TYPES if v != "vectorized"]
+                         + [(torch.float64, "scalar")])
+@pytest.mark.parametrize("static", [False, True])
+def test_sigmoid_and_decay_input_same_bits_in_every_value_type(dtype, value_type, static):
+    """The sigmoid surrogate and decay_input (no saved-h kernels to compare with): every value
+    type the CUDA kernels use gives the default's (Vectorized) bits, over all flags, with tails
+    in every lane count (N = 37)."""
+    T = 19
+    x, tau, v_th, u0, gs, gu = inputs(T, (37,), dtype, False, static=static, seed=3)
+    for surrogate, reset, detach in itertools.product(["sigmoid", "atan"], ["hard", "soft"], [False, True]):
+        for decay in (False, True) if surrogate == "atan" else (True, False):
+            kw = dict(static=static, T=T, reset=reset, detach=detach, surrogate=surrogate, decay=decay)
+            want = run_ops(x, tau, v_th, u0, gs, gu, **kw)
+            with cpu_value_type(value_type):
+                got = run_ops(x, tau, v_th, u0, gs, gu, **kw)
+            assert_bitwise(got, want)
 
 
 @pytest.mark.parametrize("value_type", ["vectorized", "lanes4"])
