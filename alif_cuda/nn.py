@@ -1,5 +1,5 @@
 """Drop-in spiking modules built on the fused ops, and the image decoders. Time-first: inputs are
-(T, B, ...)."""
+(T, B, ...) (an ALIF with step_mode="s" takes one step (B, ...) per call)."""
 import math
 from contextlib import contextmanager
 from typing import Iterator, Optional
@@ -11,6 +11,7 @@ from .ops import alif, taid
 from .reference import alif_ref, check_alif_options, check_taid_options, resolve_alpha, taid_ref
 
 TAU_PARAMS = ("sigmoid", "direct")
+STEP_MODES = ("m", "s")
 
 _use_reference = False
 
@@ -26,9 +27,6 @@ def use_reference_ops(enabled: bool = True) -> Iterator[None]:
         yield
     finally:
         _use_reference = previous
-
-
-STEP_MODES = ("m", "s")
 
 
 def _surrogate_arguments(surrogate, width: float, alpha: Optional[float]):
