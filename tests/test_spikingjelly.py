@@ -22,7 +22,7 @@ import alif_cuda  # noqa: E402
 from alif_cuda.spikingjelly import (  # noqa: E402
     FusedLIFNode, FusedParametricLIFNode, accelerate, surrogate_options,
 )
-from conftest import TOL  # noqa: E402
+from conftest import TOL, device_params  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -68,13 +68,13 @@ def run_cycles(node, xs, gs, gvs, cycles):
     return out, [p.grad.clone() for p in node.parameters()]
 
 
-def inputs(shape, dtype, cycles, decay_input, seed=0):
+def inputs(shape, dtype, cycles, decay_input, device="cpu", seed=0):
     g = torch.Generator().manual_seed(seed)
     # decay_input scales the drive by 1/tau_SJ: a larger input keeps the firing mixed.
     scale = 1.6 if decay_input else 0.8
 
     def draw():
-        return (torch.randn(shape, generator=g, dtype=torch.float64) * scale + 0.3).to(dtype)
+        return (torch.randn(shape, generator=g, dtype=torch.float64) * scale + 0.3).to(device, dtype)
 
     xs = [(draw(), draw()) for _ in range(cycles)]
     gs = [(draw(), draw()) for _ in range(cycles)]
@@ -82,8 +82,9 @@ def inputs(shape, dtype, cycles, decay_input, seed=0):
     return xs, gs, gvs
 
 
-def assert_twins_agree(sj, fused, shape, dtype, cycles=3, decay_input=True):
-    xs, gs, gvs = inputs(shape, dtype, cycles, decay_input)
+def assert_twins_agree(sj, fused, shape, dtype, cycles=3, decay_input=True, device="cpu"):
+    sj, fused = sj.to(device), fused.to(device)
+    xs, gs, gvs = inputs(shape, dtype, cycles, decay_input, device)
     probe = fused(xs[0][0].clone().requires_grad_())
     assert "AlifFunction" in probe.grad_fn.name(), "the fused node fell back to SpikingJelly's code"
     functional.reset_net(fused)
@@ -102,20 +103,23 @@ def assert_twins_agree(sj, fused, shape, dtype, cycles=3, decay_input=True):
         torch.testing.assert_close(a, b, rtol=rtol, atol=atol * 10)
 
 
+@pytest.mark.parametrize("device", device_params())
 @pytest.mark.parametrize("kind,decay_input,v_reset,detach_reset,surrogate_name", CONFIGS, ids=CONFIG_IDS)
-def test_fused_node_is_spikingjellys_node_float64(kind, decay_input, v_reset, detach_reset, surrogate_name):
+def test_fused_node_is_spikingjellys_node_float64(kind, decay_input, v_reset, detach_reset, surrogate_name, device):
     sj, fused = twins(kind, decay_input, v_reset, detach_reset, surrogate_name, torch.float64)
-    assert_twins_agree(sj, fused, (5, 3, 4, 2), torch.float64, decay_input=decay_input)
+    assert_twins_agree(sj, fused, (5, 3, 4, 2), torch.float64, decay_input=decay_input, device=device)
 
 
+@pytest.mark.parametrize("device", device_params())
 @pytest.mark.parametrize("kind,decay_input,v_reset,detach_reset,surrogate_name", [
     ("plif", True, 0.0, True, "atan"),  # the Table 8 network's node
     ("lif", False, None, False, "sigmoid"),
     ("plif", False, 0.0, False, "rect"),
 ])
-def test_fused_node_is_spikingjellys_node_float32(kind, decay_input, v_reset, detach_reset, surrogate_name):
+def test_fused_node_is_spikingjellys_node_float32(kind, decay_input, v_reset, detach_reset, surrogate_name, device):
+    """On CUDA, SpikingJelly runs its own fused kernels here: two kernels compared."""
     sj, fused = twins(kind, decay_input, v_reset, detach_reset, surrogate_name, torch.float32)
-    assert_twins_agree(sj, fused, (6, 4, 3, 5), torch.float32, decay_input=decay_input)
+    assert_twins_agree(sj, fused, (6, 4, 3, 5), torch.float32, decay_input=decay_input, device=device)
 
 
 @pytest.mark.parametrize("shape,w_shape", [((5, 3, 4, 2, 3), (4, 1, 1)), ((5, 3, 4), (4,))])
