@@ -1,5 +1,5 @@
 """Drop-in spiking modules built on the fused ops, and the image decoders. Time-first: inputs are
-(T, B, ...)."""
+(T, B, ...) (an ALIF with step_mode="s" takes one step (B, ...) per call)."""
 import math
 from contextlib import contextmanager
 from typing import Iterator, Optional
@@ -8,9 +8,10 @@ import torch
 from torch import Tensor, nn
 
 from .ops import alif, taid
-from .reference import alif_ref, check_alif_options, check_taid_options, taid_ref
+from .reference import alif_ref, check_alif_options, check_taid_options, resolve_alpha, taid_ref
 
 TAU_PARAMS = ("sigmoid", "direct")
+STEP_MODES = ("m", "s")
 
 _use_reference = False
 
@@ -28,24 +29,59 @@ def use_reference_ops(enabled: bool = True) -> Iterator[None]:
         _use_reference = previous
 
 
+def _surrogate_arguments(surrogate, width: float, alpha: Optional[float]):
+    """(surrogate, width, alpha) for :func:`alif_cuda.alif` from a name or from a SpikingJelly
+    surrogate object; SpikingJelly is imported only when such an object is passed."""
+    if isinstance(surrogate, str):
+        return surrogate, width, alpha
+    if type(surrogate).__module__.split(".")[0] != "spikingjelly":
+        raise TypeError(
+            f"ALIF: surrogate must be a name ('rect', 'atan', 'sigmoid') or a SpikingJelly surrogate "
+            f"object (surrogate.ATan, .Sigmoid, .Rect), got {type(surrogate).__name__}"
+        )
+    if alpha is not None:
+        raise ValueError(
+            f"ALIF: alpha={alpha} was given with the surrogate object {surrogate!r}, which has its own "
+            f"alpha; give one or the other"
+        )
+    from .spikingjelly import surrogate_options
+
+    options = surrogate_options(surrogate)
+    return options["surrogate"], options["width"], options["alpha"]
+
+
 class ALIF(nn.Module):
     """Adaptive LIF neurons whose decay ``tau`` and threshold ``v_th`` can be learned.
 
-    Forward: x (T, B, ...) -> spikes (T, B, ...), by :func:`alif_cuda.alif`. A static input
-    expanded over time (``y.unsqueeze(0).expand(T, *y.shape)``) is read once.
+    Forward, ``step_mode="m"`` (default): x (T, B, ...) -> spikes (T, B, ...), by
+    :func:`alif_cuda.alif`. A static input expanded over time
+    (``y.unsqueeze(0).expand(T, *y.shape)``) is read once. ``step_mode="s"``: x (B, ...) is one
+    time step -> spikes (B, ...), and the state is kept between calls (SpikingJelly's single-step
+    convention) until :meth:`reset`.
+
+    Works inside SpikingJelly code: ``functional.reset_net`` calls :meth:`reset`,
+    ``functional.detach_net`` calls :meth:`detach`, ``functional.set_step_mode`` sets
+    ``step_mode``; SpikingJelly's ``surrogate.ATan(alpha)``, ``surrogate.Sigmoid(alpha)`` and
+    ``surrogate.Rect(alpha)`` (our rect with width 1/alpha) are accepted as ``surrogate``.
 
     Args:
         tau: initial decay, 0 < tau < 1 when ``tau_param="sigmoid"``.
         v_th: initial threshold.
         learnable: tau and v_th are Parameters (True) or fixed buffers (False).
         per_channel: None for one tau and v_th per layer (the paper), or C for one per channel of
-            dim 2 of the input.
+            dim 2 of the (T, B, C, ...) input (dim 1 of a single step).
         tau_param: "sigmoid" stores logit(tau), keeping 0 < tau < 1 while it learns; "direct"
             stores tau itself.
-        surrogate, width, alpha, reset, detach_reset: as in :func:`alif_cuda.alif`.
-        stateful: keep the final membrane state between calls, so a long sequence can be fed in
-            chunks; the state keeps its autograd graph (BPTT across chunks) until
-            :meth:`reset_state` or :meth:`detach_state`.
+        surrogate: "rect", "atan", "sigmoid" or a SpikingJelly surrogate object (its alpha is
+            used; then leave ``alpha`` None).
+        alpha: the atan/sigmoid sharpness; None for the surrogate's default (2 for atan, 4 for
+            sigmoid, SpikingJelly's).
+        width, detach_reset, decay_input: as in :func:`alif_cuda.alif`.
+        reset: "hard" or "soft", kept as ``reset_mode`` (``reset()`` clears the state).
+        stateful: in step_mode "m", keep the final membrane state between calls, so a long
+            sequence can be fed in chunks; the state keeps its autograd graph (BPTT across
+            chunks) until :meth:`reset` or :meth:`detach`.
+        step_mode: "m" (multi-step, time-major input) or "s" (one step per call).
     """
 
     def __init__(
@@ -55,14 +91,18 @@ class ALIF(nn.Module):
         learnable: bool = True,
         per_channel: Optional[int] = None,
         tau_param: str = "sigmoid",
-        surrogate: str = "rect",
+        surrogate="rect",
         width: float = 1.0,
-        alpha: float = 2.0,
+        alpha: Optional[float] = None,
         reset: str = "hard",
         detach_reset: bool = False,
+        decay_input: bool = False,
         stateful: bool = False,
+        step_mode: str = "m",
     ):
         super().__init__()
+        surrogate, width, alpha = _surrogate_arguments(surrogate, width, alpha)
+        alpha = resolve_alpha(surrogate, alpha)
         check_alif_options(surrogate, width, alpha, reset)
         if tau_param not in TAU_PARAMS:
             raise ValueError(f"ALIF: tau_param must be one of {TAU_PARAMS}, got {tau_param!r}")
@@ -87,39 +127,77 @@ class ALIF(nn.Module):
         self.per_channel = per_channel
         self.tau_param = tau_param
         self.surrogate, self.width, self.alpha = surrogate, width, alpha
-        self.reset, self.detach_reset = reset, detach_reset
+        self.reset_mode, self.detach_reset = reset, detach_reset
+        self.decay_input = decay_input
         self.stateful = stateful
+        self.step_mode = step_mode
         self.state: Optional[Tensor] = None
+
+    @property
+    def step_mode(self) -> str:
+        return self._step_mode
+
+    @step_mode.setter
+    def step_mode(self, value: str) -> None:
+        # A property so that SpikingJelly's functional.set_step_mode is checked too.
+        if value not in STEP_MODES:
+            raise ValueError(f"ALIF: step_mode must be one of {STEP_MODES}, got {value!r}")
+        self._step_mode = value
 
     @property
     def tau(self) -> Tensor:
         """The effective decay, () or (C,)."""
         return torch.sigmoid(self.tau_raw) if self.tau_param == "sigmoid" else self.tau_raw
 
-    def reset_state(self) -> None:
-        """Forget the membrane state kept by a stateful neuron (the next call starts from 0)."""
+    def reset(self) -> None:
+        """Forget the kept membrane state (the next call starts from 0): SpikingJelly's
+        ``reset()``, which ``functional.reset_net`` calls."""
         self.state = None
 
-    def detach_state(self) -> None:
-        """Keep the state's value but cut its autograd graph (truncated BPTT)."""
+    def reset_state(self) -> None:
+        """The same as :meth:`reset`."""
+        self.reset()
+
+    def detach(self) -> None:
+        """Keep the state's value but cut its autograd graph (truncated BPTT): SpikingJelly's
+        ``detach()``, which ``functional.detach_net`` calls."""
         if self.state is not None:
             self.state = self.state.detach()
 
+    def detach_state(self) -> None:
+        """The same as :meth:`detach`."""
+        self.detach()
+
     def forward(self, x: Tensor) -> Tensor:
-        u0 = self.state if self.stateful else None
+        if not isinstance(x, Tensor):
+            raise TypeError(f"ALIF: x must be a Tensor, got {type(x).__name__}")
+        single = self.step_mode == "s"
+        if single:
+            if x.dim() < 1:
+                raise ValueError("ALIF: step_mode='s' expects one time step (B, ...), got a 0-dim tensor")
+            x = x.unsqueeze(0)
+        elif x.dim() < 2:
+            raise ValueError(
+                f"ALIF: step_mode='m' expects time-major input (T, B, ...), got shape {list(x.shape)}; "
+                f"for one time step (B, ...) per call use step_mode='s'"
+            )
+        keep = single or self.stateful
+        u0 = self.state if keep else None
         if u0 is not None and u0.shape != x.shape[1:]:
             raise ValueError(
                 f"ALIF: the kept state has shape {tuple(u0.shape)} but this input's steps are "
-                f"{tuple(x.shape[1:])}; call reset_state() when the batch or layer size changes"
+                f"{tuple(x.shape[1:])}; call reset() (or SpikingJelly's functional.reset_net) when "
+                f"the batch or layer size changes"
             )
         spikes, u_last = (alif_ref if _use_reference else alif)(
             x, self.tau, self.v_th, u0,
             surrogate=self.surrogate, width=self.width, alpha=self.alpha,
-            reset=self.reset, detach_reset=self.detach_reset, return_state=True,
+            reset=self.reset_mode, detach_reset=self.detach_reset, decay_input=self.decay_input,
+            return_state=True,
         )
-        if self.stateful:
+        if keep:
             self.state = u_last
-        return spikes
+        return spikes[0] if single else spikes
 
     def extra_repr(self) -> str:
         with torch.no_grad():
@@ -132,12 +210,14 @@ class ALIF(nn.Module):
                     f"v_th=mean {v_th.mean().item():.4g}"
                 )
         surrogate = (
-            f"rect(width={self.width:g})" if self.surrogate == "rect" else f"atan(alpha={self.alpha:g})"
+            f"rect(width={self.width:g})" if self.surrogate == "rect" else f"{self.surrogate}(alpha={self.alpha:g})"
         )
         return (
             f"{values}, learnable={self.learnable}, tau_param={self.tau_param}, "
-            f"surrogate={surrogate}, reset={self.reset}, detach_reset={self.detach_reset}"
+            f"surrogate={surrogate}, reset={self.reset_mode}, detach_reset={self.detach_reset}"
+            + (", decay_input=True" if self.decay_input else "")
             + (", stateful=True" if self.stateful else "")
+            + (", step_mode=s" if self.step_mode == "s" else "")
         )
 
 

@@ -2,8 +2,9 @@
 network run through the plain PyTorch reference ops, all in one run on one device.
 
     python bench/bench_train.py [--device cuda] [--nets mnist cifar10] [--batches 128 512]
-                                [--precisions fp32 bf16] [--providers alif_cuda reference spikingjelly]
-                                [--check-steps 300]
+                                [--precisions fp32 bf16]
+                                [--providers alif_cuda reference spikingjelly spikingjelly+accelerate]
+                                [--check-steps 300] [--save-as train]
 
 Defaults depend on the device: on a GPU both nets, batches 128 and 512, fp32 and bf16, 10 reps; on
 a CPU (a run of a few minutes) the MNIST net at batch 16 (the paper's), fp32, 3 reps.
@@ -15,10 +16,12 @@ A step is forward, rate-MSE loss, backward and the Adam update (T=8). Providers:
                 PLIF's init, the neuron our default models (init_tau 2, v_threshold 1, decay_input,
                 ATan, detached reset to 0, multi-step, its default backend), the static first
                 conv+BN computed once as PLIF's code does (when importable)
+  spikingjelly+accelerate  that SpikingJelly network after alif_cuda.spikingjelly.accelerate(net),
+                the one line that puts its nodes on our fused op
 Reports the median step time (CUDA events after warm-up), images/s and peak memory. With
 --check-steps it first trains each provider's MNIST network on a fixed synthetic task for that
 many steps and fails unless the loss falls, so speed is never bought with a broken model.
-Writes bench/results/train_<device>.json and .md.
+Writes bench/results/<save-as>_<device>.json and .md (default train_<device>).
 """
 import argparse
 import sys
@@ -34,6 +37,7 @@ from models.classifiers import build_classifier, rate_mse_loss  # noqa: E402
 from models.train_classifier import HelpFormatter  # noqa: E402
 
 T = 8
+PROVIDERS = ("alif_cuda", "reference", "spikingjelly", "spikingjelly+accelerate")
 SHAPES = {"mnist": (1, 28), "cifar10": (3, 32)}
 
 
@@ -86,6 +90,12 @@ def spikingjelly_net(net: str, neuron: str = "plif"):
 def build(provider: str, net: str):
     if provider == "spikingjelly":
         return spikingjelly_net(net)
+    if provider == "spikingjelly+accelerate":
+        from alif_cuda.spikingjelly import accelerate
+
+        model = spikingjelly_net(net)
+        accelerate(model)
+        return model
     return build_classifier(net)
 
 
@@ -131,11 +141,12 @@ def main():
                         help="batch sizes (default: 128 512 on a GPU, 16 on a CPU)")
     parser.add_argument("--precisions", nargs="+", choices=("fp32", "bf16"), default=None,
                         help="autocast precisions (default: fp32 bf16 on a GPU, fp32 on a CPU)")
-    parser.add_argument("--providers", nargs="+", choices=("alif_cuda", "reference", "spikingjelly"),
-                        default=["alif_cuda", "reference", "spikingjelly"], help="implementations to time")
+    parser.add_argument("--providers", nargs="+", choices=PROVIDERS, default=list(PROVIDERS),
+                        help="implementations to time")
     parser.add_argument("--reps", type=int, default=None, help="timed steps per case (default: 10 on a GPU, 3 on a CPU)")
     parser.add_argument("--check-steps", type=int, default=0, help="first check that each provider learns (e.g. 300)")
     parser.add_argument("--no-save", action="store_true", help="print only; write no results files")
+    parser.add_argument("--save-as", default="train", help="results file name before _<device>")
     args = parser.parse_args()
     device = torch.device(args.device)
     gpu = device.type == "cuda"
@@ -147,9 +158,9 @@ def main():
         parser.error("--device cuda needs a visible GPU and a CUDA build of alif_cuda")
     if device.type == "cpu" and "bf16" in args.precisions:
         parser.error("bf16 autocast needs a GPU here (the CPU kernels run float32); use --precisions fp32")
-    providers = [p for p in args.providers if p != "spikingjelly" or spikingjelly_net("mnist") is not None]
+    providers = [p for p in args.providers if not p.startswith("spikingjelly") or spikingjelly_net("mnist") is not None]
     if len(providers) < len(args.providers):
-        print("spikingjelly is not installed: skipping that provider", file=sys.stderr)
+        print("spikingjelly is not installed: skipping its providers", file=sys.stderr)
 
     print(f"Table 8 training steps on {device_name(device)}, torch {torch.__version__}, T={T}\n", flush=True)
     if args.check_steps:
@@ -181,13 +192,13 @@ def main():
                     records.append(rec)
                     rows.append([net, batch, precision, provider, f"{ms:.2f}", f"{rec['images_per_s']:.0f}",
                                  "-" if peak is None else f"{peak:.0f}"])
-                    print(f"  {net:8s} batch {batch:<4} {precision} {provider:12s} {ms:9.2f} ms {rec['images_per_s']:9.0f} img/s",
+                    print(f"  {net:8s} batch {batch:<4} {precision} {provider:23s} {ms:9.2f} ms {rec['images_per_s']:9.0f} img/s",
                           flush=True)
                     del model, optimizer
     table = markdown_table(["net", "batch", "precision", "provider", "ms/step", "images/s", "peak MB"], rows)
     print("\n" + table)
     if not args.no_save and records:
-        path = write_results("train", device, records, table, ("python bench/bench_train.py " + " ".join(sys.argv[1:])).strip())
+        path = write_results(args.save_as, device, records, table, ("python bench/bench_train.py " + " ".join(sys.argv[1:])).strip())
         print(f"\nwrote {path} and {path.with_suffix('.md')}")
 
 

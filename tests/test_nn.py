@@ -52,13 +52,72 @@ def test_stateful_chunks_equal_one_sequence():
     out_c.sum().backward()  # BPTT across the two chunks
     torch.testing.assert_close(chunked.tau_raw.grad, whole.tau_raw.grad)
     torch.testing.assert_close(chunked.v_th.grad, whole.v_th.grad)
-    chunked.reset_state()
+    chunked.reset()
     assert chunked.state is None
     assert torch.equal(chunked(x), out)
-    chunked.detach_state()
+    chunked.detach()
     assert chunked.state.grad_fn is None
-    with pytest.raises(ValueError, match=r"kept state has shape \(4, 5\).*call reset_state\(\)"):
+    with pytest.raises(ValueError, match=r"kept state has shape \(4, 5\).*call reset\(\)"):
         chunked(x[:, :2])
+    chunked.reset_state()
+    assert chunked.state is None
+
+
+def test_reset_mode_is_an_attribute_and_reset_a_method():
+    """reset= stays the constructor's argument; the attribute is reset_mode, so that reset() can be
+    the state reset SpikingJelly's functional.reset_net calls."""
+    neuron = ALIF(reset="soft", stateful=True)
+    assert neuron.reset_mode == "soft" and callable(neuron.reset)
+    neuron(torch.randn(3, 2, 4))
+    neuron.reset()
+    assert neuron.state is None
+
+
+@pytest.mark.parametrize("per_channel", [None, 3])
+def test_single_step_mode_keeps_the_state_between_calls(per_channel):
+    torch.manual_seed(0)
+    x = torch.randn(7, 2, 3, 4, dtype=torch.float64, requires_grad=True)
+    multi = ALIF(tau=0.4, v_th=0.3, per_channel=per_channel, surrogate="atan", alpha=2.0).double()
+    single = ALIF(tau=0.4, v_th=0.3, per_channel=per_channel, surrogate="atan", alpha=2.0, step_mode="s").double()
+    want = multi(x)
+    got = torch.stack([single(x[t]) for t in range(7)])
+    assert torch.equal(got, want)
+    (g_want,) = torch.autograd.grad(want.sum(), x)
+    (g_got,) = torch.autograd.grad(got.sum(), x)
+    torch.testing.assert_close(g_got, g_want)
+    single.reset()
+    assert torch.equal(single(x[0]), want[0])
+    with pytest.raises(ValueError, match=r"kept state has shape \(2, 3, 4\).*call reset\(\)"):
+        single(x[0, :1])
+
+
+def test_decay_input_scales_the_input_by_one_minus_tau():
+    torch.manual_seed(0)
+    x = torch.randn(6, 2, 5, dtype=torch.float64) * 2 + 0.5
+    neuron = ALIF(tau=0.3, v_th=0.25, decay_input=True, reset="soft").double()
+    want = alif_ref(x, neuron.tau, neuron.v_th, reset="soft", decay_input=True)
+    assert torch.equal(neuron(x), want)
+    assert not torch.equal(want, alif_ref(x, neuron.tau, neuron.v_th, reset="soft"))
+    assert "decay_input=True" in repr(neuron)
+
+
+@pytest.mark.parametrize("step_mode,shape,match", [
+    ("m", (32,), r"step_mode='m' expects time-major input \(T, B, \.\.\.\), got shape \[32\].*step_mode='s'"),
+    ("s", (), r"step_mode='s' expects one time step \(B, \.\.\.\), got a 0-dim tensor"),
+])
+def test_input_that_cannot_be_time_major_is_refused(step_mode, shape, match):
+    with pytest.raises(ValueError, match=match):
+        ALIF(step_mode=step_mode)(torch.zeros(shape))
+
+
+def test_bad_step_mode_and_surrogate_object():
+    with pytest.raises(ValueError, match=r"step_mode must be one of \('m', 's'\), got 'x'"):
+        ALIF(step_mode="x")
+    neuron = ALIF()
+    with pytest.raises(ValueError, match="step_mode must be one of"):
+        neuron.step_mode = "multi"
+    with pytest.raises(TypeError, match="surrogate must be a name .* or a SpikingJelly surrogate object.*got function"):
+        ALIF(surrogate=lambda d: d)
 
 
 def test_extra_repr_shows_values_and_options():
