@@ -51,6 +51,14 @@ EOF
 then
   .venv/bin/pip install -q "${ALIF_REQUIREMENTS[@]}"
 fi
+# SpikingJelly 2.0.0, for alif_cuda.spikingjelly's tests and the benchmarks' SpikingJelly
+# providers: without its declared dependencies (torchaudio, scipy, h5py, ... that importing its
+# neurons does not need), plus the two that importing them does.
+if ! .venv/bin/python -c "import spikingjelly.activation_based.monitor" > /dev/null 2>&1; then
+  echo "setup_env: installing spikingjelly==2.0.0 (without its optional dependencies), loguru, tensorboard"
+  .venv/bin/pip install -q --no-deps spikingjelly==2.0.0
+  .venv/bin/pip install -q "loguru>=0.7,<1" tensorboard
+fi
 
 if [ -z "${CUDA_HOME:-}" ] && [ -x /usr/local/cuda/bin/nvcc ]; then
   export CUDA_HOME=/usr/local/cuda
