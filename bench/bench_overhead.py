@@ -9,6 +9,9 @@ Providers:
               autograd.
   ALIF module torch.autograd.grad(layer(x), (x, tau_raw, v_th), g) for ALIF(tau_param="sigmoid"),
               the paper's layer (the sigmoid of tau and its backward included).
+  autograd floor
+              torch.autograd.grad(x * tau, (x, tau), g): the same call on a one-multiply graph,
+              what autograd itself costs whatever the op (not a target; context for the ratios).
 Targets (issue 14): alif() <= 1.3x raw ops, ALIF module <= 1.5x.
 Writes bench/results/overhead_<device>.json and .md.
 """
@@ -71,6 +74,7 @@ def main():
         "raw ops": raw,
         "alif()": lambda: torch.autograd.grad(alif(x, tau, v_th), (x, tau, v_th), g),
         "ALIF module": lambda: torch.autograd.grad(layer(x), (x, layer.tau_raw, layer.v_th), g),
+        "autograd floor": lambda: torch.autograd.grad(x * tau, (x, tau), g),
     }
     targets = {"alif()": 1.3, "ALIF module": 1.5}
     us = {name: median_us(fn, device, args.calls) for name, fn in runs.items()}

@@ -2,7 +2,7 @@
 // math (so CPU autocast works). The time loops are alif.h's, the ones the CUDA kernels run.
 //
 // The kernels are in alif_cpu_kernels.h, compiled here for the baseline instruction set and in
-// alif_cpu_avx2.cpp for AVX2 (picked at run time). Work is split over groups of neurons, one
+// alif_cpu_avx2.cpp and alif_cpu_avx512.cpp for wider ones (picked at run time). Work is split over groups of neurons, one
 // value V a group: at::vec::Vectorized (8 floats or 4 doubles; the baseline copy gets ATen's
 // generic version of it, the AVX2 copy its intrinsics), a masked load and store for the last,
 // shorter group. For the tests, the value type can
@@ -37,19 +37,27 @@ namespace isa_default {
 #include "alif_cpu_kernels.h"
 }  // namespace isa_default
 
+struct Avx2Tag {};
+struct Avx512Tag {};
+
 // Which value type the CPU kernels run (see _set_cpu_value_type in the registration below).
-enum class CpuValueType : int64_t { Default = 0, Scalar = 1, Lanes4 = 2, Lanes8 = 3, Baseline = 4 };
+enum class CpuValueType : int64_t {
+  Default = 0, Scalar = 1, Lanes4 = 2, Lanes8 = 3, Baseline = 4, Avx2 = 5
+};
 std::atomic<int64_t> g_value_type{0};
 
 // Runs the kernels (fwd or bwd) with the value type selected for this storage type: by default
-// the AVX2 copy (alif_cpu_avx2.cpp) where the CPU has AVX2, else at::vec::Vectorized in the
-// baseline copy below; the test hook can pick the baseline copy or the value types a CUDA thread
-// runs.
-template <typename scalar_t, typename Avx2, typename F>
-void with_value_type(Avx2&& avx2_kernels, F&& f) {
+// the widest copy the CPU runs (alif_cpu_avx512.cpp, alif_cpu_avx2.cpp), else
+// at::vec::Vectorized in the baseline copy below; the test hook can pick a copy or the value
+// types a CUDA thread runs. isa_kernels(tag) runs a wide copy's kernels.
+template <typename scalar_t, typename Wide, typename F>
+void with_value_type(Wide&& isa_kernels, F&& f) {
   using acc_t = at::opmath_type<scalar_t>;
   const auto kind = static_cast<CpuValueType>(g_value_type.load(std::memory_order_relaxed));
-  if (kind == CpuValueType::Default && avx2::available()) return avx2_kernels();
+  if (kind == CpuValueType::Default && avx512::available()) return isa_kernels(Avx512Tag{});
+  if ((kind == CpuValueType::Default || kind == CpuValueType::Avx2) && avx2::available()) {
+    return isa_kernels(Avx2Tag{});
+  }
   if constexpr (std::is_same_v<scalar_t, acc_t>) {
     if (kind == CpuValueType::Scalar) return f(acc_t{});
   }
@@ -156,7 +164,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> alif_fwd_cpu(
     q.u_ckpt = mut_ptr_or_null<acc_t>(out.u_ckpt);
     q.spikes = out.spikes.data_ptr<scalar_t>();
     q.u_last = out.u_last.data_ptr<scalar_t>();
-    with_value_type<scalar_t>([&] { avx2::alif_fwd(p, q); },
+    with_value_type<scalar_t>([&](auto tag) {
+                                if constexpr (std::is_same_v<decltype(tag), Avx512Tag>) {
+                                  avx512::alif_fwd(p, q);
+                                } else {
+                                  avx2::alif_fwd(p, q);
+                                }
+                              },
                               [&](auto v) { isa_default::run_alif_fwd<decltype(v)>(p, q); });
   });
   return {out.spikes, out.u_last, out.u_ckpt};
@@ -193,7 +207,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> alif_bwd_cpu(
     q.grad_u0 = mut_ptr_or_null<scalar_t>(buf.grad_u0);
     q.dtau_n = per_neuron.data_ptr<acc_t>();
     q.dvth_n = q.dtau_n + p.N;
-    with_value_type<scalar_t>([&] { avx2::alif_bwd(p, q); },
+    with_value_type<scalar_t>([&](auto tag) {
+                                if constexpr (std::is_same_v<decltype(tag), Avx512Tag>) {
+                                  avx512::alif_bwd(p, q);
+                                } else {
+                                  avx2::alif_bwd(p, q);
+                                }
+                              },
                               [&](auto v) { isa_default::run_alif_bwd<decltype(v)>(p, q); });
     const auto [sum_tau, sum_vth] = sum_per_channel(p, q.dtau_n, q.dvth_n, acc_opts);
     grad_tau = param_grad(sum_tau, tau);
@@ -202,26 +222,30 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> alif_bwd_cpu(
   return {buf.grad_x, grad_tau, grad_vth, buf.grad_u0};
 }
 
-// Test hook: selects the CPU kernels' value type. 0, the default: the AVX2 copy's Vectorized
-// where the CPU has AVX2, else the baseline's; 1 the scalar a CUDA thread runs; 2 and 3
-// Lanes<float, 4> and <float, 8>, the CUDA 16-byte paths; 4 Vectorized in the baseline copy. The
-// Lanes apply to float32 storage, the scalar to float32/float64 (other dtypes run Vectorized).
-// Returns the previous one.
+// Test hook: selects the CPU kernels' value type. 0, the default: Vectorized in the widest copy
+// the CPU runs (AVX-512, AVX2, baseline); 1 the scalar a CUDA thread runs; 2 and 3
+// Lanes<float, 4> and <float, 8>, the CUDA 16-byte paths; 4 Vectorized in the baseline copy; 5
+// in the AVX2 copy (the baseline where the CPU lacks AVX2). The Lanes apply to float32 storage,
+// the scalar to float32/float64 (other dtypes run the default). Returns the previous one.
 int64_t set_cpu_value_type(int64_t kind) {
-  TORCH_CHECK(kind >= 0 && kind <= 4,
+  TORCH_CHECK(kind >= 0 && kind <= 5,
               "_set_cpu_value_type: kind must be 0 (default), 1 (scalar), 2 (Lanes<float, 4>), "
-              "3 (Lanes<float, 8>) or 4 (Vectorized, baseline copy), got ",
+              "3 (Lanes<float, 8>), 4 (Vectorized, baseline copy) or 5 (Vectorized, AVX2 copy), "
+              "got ",
               kind);
   return g_value_type.exchange(kind);
 }
 
-bool cpu_uses_avx2() { return avx2::available(); }
+// The copy of the kernels the default runs: "avx512", "avx2" or "baseline" (for the tests).
+std::string cpu_kernels_isa() {
+  return avx512::available() ? "avx512" : avx2::available() ? "avx2" : "baseline";
+}
 
 }  // namespace
 
 TORCH_LIBRARY_FRAGMENT(alif_cuda, m) {
   m.def("_set_cpu_value_type(int kind) -> int", &set_cpu_value_type);
-  m.def("_cpu_uses_avx2() -> bool", &cpu_uses_avx2);
+  m.def("_cpu_kernels_isa() -> str", &cpu_kernels_isa);
 }
 
 TORCH_LIBRARY_IMPL(alif_cuda, CPU, m) {

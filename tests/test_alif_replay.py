@@ -13,10 +13,10 @@ from alif_cuda import alif, alif_ref
 from conftest import TOL
 
 CHUNK = 8  # csrc/alif.h kChunk
-# The CPU kernels' value types: the default (Vectorized in the AVX2 copy where the CPU has AVX2,
-# else in the baseline copy), Vectorized in the baseline copy, and the ones a CUDA thread runs: a
-# scalar, Lanes<float, 4> (float32's 16-byte path), Lanes<float, 8> (float16/bfloat16's).
-VALUE_TYPES = {"vectorized": 0, "scalar": 1, "lanes4": 2, "lanes8": 3, "baseline": 4}
+# The CPU kernels' value types: the default (Vectorized in the widest copy the CPU runs: AVX-512,
+# AVX2 or the baseline), Vectorized in the baseline and in the AVX2 copy, and the ones a CUDA
+# thread runs: a scalar, Lanes<float, 4> (float32's 16-byte path), Lanes<float, 8> (float16's).
+VALUE_TYPES = {"vectorized": 0, "scalar": 1, "lanes4": 2, "lanes8": 3, "baseline": 4, "avx2": 5}
 FLAGS = list(itertools.product(["rect", "atan"], ["hard", "soft"], [False, True]))
 
 
@@ -88,7 +88,7 @@ def test_replay_is_bitwise_the_saved_h_path(dtype, T, static, per_channel):
 @pytest.mark.parametrize(
     "dtype,value_type",
     [(torch.float32, v) for v in VALUE_TYPES]
-    + [(torch.float64, v) for v in ("vectorized", "baseline", "scalar")],
+    + [(torch.float64, v) for v in ("vectorized", "baseline", "avx2", "scalar")],
 )
 @pytest.mark.parametrize("static", [False, True])
 def test_every_value_type_runs_the_same_arithmetic(dtype, value_type, static):
@@ -119,7 +119,8 @@ def test_lane_count_tails(value_type, N):
 
 @pytest.mark.parametrize("dtype,value_type", [(torch.float32, v) for v in VALUE_TYPES if v != "vectorized"]
                          + [(torch.float64, "scalar"), (torch.float64, "baseline"),
-                            (torch.bfloat16, "baseline")])
+                            (torch.float64, "avx2"), (torch.bfloat16, "baseline"),
+                            (torch.bfloat16, "avx2")])
 @pytest.mark.parametrize("static", [False, True])
 def test_sigmoid_and_decay_input_same_bits_in_every_value_type(dtype, value_type, static):
     """The sigmoid surrogate and decay_input (no saved-h kernels to compare with): every value
@@ -136,12 +137,16 @@ def test_sigmoid_and_decay_input_same_bits_in_every_value_type(dtype, value_type
             assert_bitwise(got, want)
 
 
-def test_default_kernels_are_the_avx2_copy_where_the_cpu_has_it():
-    """On an x86-64 CPU with AVX2, FMA and F16C the default CPU kernels are the AVX2 copy."""
-    flags = open("/proc/cpuinfo").read().split() if os.path.exists("/proc/cpuinfo") else []
-    if platform.machine() != "x86_64" or not {"avx2", "fma", "f16c"} <= set(flags):
-        pytest.skip("not an x86-64 CPU with AVX2, FMA and F16C")
-    assert torch.ops.alif_cuda._cpu_uses_avx2()
+def test_default_kernels_are_the_widest_copy_the_cpu_runs():
+    """On x86-64 the default CPU kernels are the AVX-512 copy where the CPU has AVX-512 (F, BW,
+    VL, DQ), else the AVX2 one where it has AVX2 (with FMA and F16C)."""
+    flags = set(open("/proc/cpuinfo").read().split()) if os.path.exists("/proc/cpuinfo") else set()
+    if platform.machine() != "x86_64":
+        pytest.skip("not an x86-64 CPU")
+    avx2 = {"avx2", "fma", "f16c"} <= flags
+    avx512 = avx2 and {"avx512f", "avx512bw", "avx512vl", "avx512dq"} <= flags
+    want = "avx512" if avx512 else "avx2" if avx2 else "baseline"
+    assert torch.ops.alif_cuda._cpu_kernels_isa() == want
 
 
 @pytest.mark.parametrize("value_type", ["vectorized", "baseline", "lanes4"])

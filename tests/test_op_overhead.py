@@ -131,3 +131,36 @@ def test_compiled_forward_backward_makes_no_hidden_tensors():
 def test_cuda_kernels_query_is_cached():
     assert alif_cuda.cuda_kernels_available() is alif_cuda.cuda_kernels_available()
     assert alif_cuda.ops._CUDA_KERNELS is not None
+
+
+@pytest.mark.skipif(not (torch.cuda.is_available() and alif_cuda.cuda_kernels_available()),
+                    reason="needs a visible GPU and a CUDA build of alif_cuda")
+def test_no_host_sync_on_cuda():
+    """A CUDA forward+backward of alif (Python-float and tensor parameters, time-major, static
+    and long enough to checkpoint) and of taid synchronises with the host nowhere:
+    torch.cuda.set_sync_debug_mode("error") turns any sync into an error."""
+    x = torch.randn(12, 3, 4, 8, device="cuda", requires_grad=True)
+    base = torch.randn(3, 4, 8, device="cuda", requires_grad=True)
+    tau = torch.tensor(0.4, device="cuda", requires_grad=True)
+    v_th = torch.full((4,), 0.2, device="cuda", requires_grad=True)
+    s = torch.randn(4, 2, 3, 64, 64, device="cuda", requires_grad=True)
+    w = torch.randn(4, 4, device="cuda", requires_grad=True)
+
+    def run():
+        spikes = alif(x, 0.25, 0.2)
+        torch.autograd.grad(spikes, x, torch.ones_like(spikes))
+        spikes = alif(base.unsqueeze(0).expand(6, *base.shape), tau, v_th, surrogate="sigmoid",
+                      decay_input=True)
+        torch.autograd.grad(spikes, (base, tau, v_th), torch.ones_like(spikes))
+        y = taid(s, w)
+        torch.autograd.grad(y, (s, w), torch.ones_like(y))
+
+    run()  # first calls: the Python-float parameters' tensors, TAID's launch plan
+    torch.cuda.synchronize()
+    previous = torch.cuda.get_sync_debug_mode()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        run()
+    finally:
+        torch.cuda.set_sync_debug_mode(previous)
+    torch.cuda.synchronize()
