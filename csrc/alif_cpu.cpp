@@ -27,6 +27,7 @@
 #include "alif_cpu_vec.h"
 #include "alif.h"
 #include "alif_cpu_isa.h"
+#include "cpu_memory.h"
 
 
 namespace alif_cuda {
@@ -68,22 +69,6 @@ void with_value_type(Wide&& isa_kernels, F&& f) {
   f(at::vec::Vectorized<acc_t>{});
 }
 
-// Fresh outputs of a few MB would otherwise cost a page fault every 4 KiB on first write, about
-// as much time as the kernel's own traffic: their memory is asked for in 2 MiB pages (Linux,
-// transparent huge pages in "madvise" or "always" mode; elsewhere, or when refused, nothing
-// changes). Only the whole 2 MiB pages inside the tensor are advised; call before first write.
-void advise_huge_pages(const at::Tensor& t) {
-#if defined(__linux__) && defined(MADV_HUGEPAGE)
-  constexpr uintptr_t kHuge = uintptr_t(1) << 21;
-  if (!t.defined() || t.nbytes() < 2 * kHuge) return;
-  const auto begin = reinterpret_cast<uintptr_t>(t.data_ptr());
-  const uintptr_t first = (begin + kHuge - 1) & ~(kHuge - 1);
-  const uintptr_t last = (begin + t.nbytes()) & ~(kHuge - 1);
-  if (last > first) madvise(reinterpret_cast<void*>(first), last - first, MADV_HUGEPAGE);
-#else
-  (void)t;
-#endif
-}
 
 // Sums the per-neuron dL/dtau and dL/dv_th terms (B, C, I) over B and I, in a fixed order:
 // deterministic whatever the number of threads. Accumulates in double; the two sums of a channel
@@ -242,6 +227,20 @@ std::string cpu_kernels_isa() {
 }
 
 }  // namespace
+
+// See cpu_memory.h.
+void advise_huge_pages(const at::Tensor& t) {
+#if defined(__linux__) && defined(MADV_HUGEPAGE)
+  constexpr uintptr_t kHuge = uintptr_t(1) << 21;
+  if (!t.defined() || t.nbytes() < 2 * kHuge) return;
+  const auto begin = reinterpret_cast<uintptr_t>(t.data_ptr());
+  const uintptr_t first = (begin + kHuge - 1) & ~(kHuge - 1);
+  const uintptr_t last = (begin + t.nbytes()) & ~(kHuge - 1);
+  if (last > first) madvise(reinterpret_cast<void*>(first), last - first, MADV_HUGEPAGE);
+#else
+  (void)t;
+#endif
+}
 
 TORCH_LIBRARY_FRAGMENT(alif_cuda, m) {
   m.def("_set_cpu_value_type(int kind) -> int", &set_cpu_value_type);
