@@ -347,15 +347,12 @@ ALIF_HD void alif_bwd_neurons(Mem& m, const NeuronConsts<V>& c, int64_t T, V& dt
       u = t0 == 0 ? m.u0() : m.ckpt(t0 / kChunk - 1);
     }
     const V u_start = u;
-    // All of the chunk's loads first, so they are in flight together. With decay_input the
-    // backward needs x_t itself (dh/dtau): kept beside h (time-major x only).
-    constexpr bool kKeepX = kDecay && !kStatic;
-    V h[kChunk], g[kChunk], xs[kKeepX ? kChunk : 1];
+    // All of the chunk's loads first, so they are in flight together.
+    V h[kChunk], g[kChunk];
     ALIF_UNROLL
     for (int k = 0; k < kChunk; ++k) {
       if (k < len) {
         h[k] = kStatic ? x_static : m.x(t0 + k);
-        if constexpr (kKeepX) xs[k] = h[k];
         g[k] = m.g(t0 + k);
       }
     }
@@ -370,7 +367,10 @@ ALIF_HD void alif_bwd_neurons(Mem& m, const NeuronConsts<V>& c, int64_t T, V& dt
     for (int k = kChunk - 1; k >= 0; --k) {
       if (k < len) {
         const V u_prev = k > 0 ? reset_of<kSoft>(h[k - 1], ge01(h[k - 1], c.v_th), c) : u_start;
-        const V x_k = kStatic ? x_static : (kKeepX ? xs[kKeepX ? k : 0] : c.zero);
+        // With decay_input the walk needs x_t itself (dh/dtau): read again, from cache (the
+        // loads above just brought it), rather than kept beside h, which would take 8 more
+        // registers per lane across the chunk (the 8-lane CUDA path spilled).
+        const V x_k = kStatic ? x_static : (kDecay ? m.x(t0 + k) : c.zero);
         const V dx = bptt_step<kSoft, kDetach, kSur, kDecay>(h[k], u_prev, x_k, g[k], du, dtau,
                                                               dvth, c);
         if constexpr (kStatic) {
