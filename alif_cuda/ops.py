@@ -82,19 +82,26 @@ def _alif_fake(x, tau, v_th, u0, steps, reset, detach_reset, surrogate, width, a
     return x.new_empty((T, *step_shape)), x.new_empty(step_shape)
 
 
+def _alif_fwd_outputs(x, tau, v_th, u0, steps, state_rows):
+    """The fake outputs of both forward ops: spikes, u_last and `state_rows` steps of state in the
+    math dtype (checkpoints, or the legacy kernels' h), an empty (0,) tensor when there are none."""
+    _check_devices("alif", "x", x, tau=tau, v_th=v_th, u0=u0)
+    step_shape, T = _alif_step_shape(x, steps)
+    state_shape = (state_rows, *step_shape) if state_rows > 0 else (0,)
+    return (
+        x.new_empty((T, *step_shape)),
+        x.new_empty(step_shape),
+        x.new_empty(state_shape, dtype=_state_dtype(x.dtype)),
+    )
+
+
 @torch.library.register_fake("alif_cuda::alif_fwd")
 def _alif_fwd_fake(
     x, tau, v_th, u0, steps, reset, checkpoint, detach_reset, surrogate, width, alpha, decay_input=False
 ):
-    _check_devices("alif", "x", x, tau=tau, v_th=v_th, u0=u0)
-    step_shape, T = _alif_step_shape(x, steps)
+    T = steps if steps is not None else x.shape[0]
     n_ckpt = (T - 1) // CHUNK if checkpoint and steps is None else 0
-    ckpt_shape = (n_ckpt, *step_shape) if n_ckpt > 0 else (0,)
-    return (
-        x.new_empty((T, *step_shape)),
-        x.new_empty(step_shape),
-        x.new_empty(ckpt_shape, dtype=_state_dtype(x.dtype)),
-    )
+    return _alif_fwd_outputs(x, tau, v_th, u0, steps, n_ckpt)
 
 
 @torch.library.register_fake("alif_cuda::alif_bwd")
@@ -112,14 +119,8 @@ def _alif_bwd_fake(
 
 @torch.library.register_fake("alif_cuda::alif_fwd_saved_h")
 def _alif_fwd_saved_h_fake(x, tau, v_th, u0, steps, reset, save_h, detach_reset, surrogate, width, alpha):
-    _check_devices("alif", "x", x, tau=tau, v_th=v_th, u0=u0)
-    step_shape, T = _alif_step_shape(x, steps)
-    h_shape = (T, *step_shape) if save_h and steps is None else (0,)
-    return (
-        x.new_empty((T, *step_shape)),
-        x.new_empty(step_shape),
-        x.new_empty(h_shape, dtype=_state_dtype(x.dtype)),
-    )
+    T = steps if steps is not None else x.shape[0]
+    return _alif_fwd_outputs(x, tau, v_th, u0, steps, T if save_h and steps is None else 0)
 
 
 @torch.library.register_fake("alif_cuda::alif_bwd_saved_h")

@@ -88,6 +88,8 @@ class _FusedMultiStep:
     """The multi-step forward on the fused op; any case it does not cover runs SpikingJelly's."""
 
     def _decay(self, x_seq: Tensor) -> Union[float, Tensor, None]:
+        """This node's tau for alif, or None when it cannot be fused for x_seq; each fused node
+        class defines it (the mixin is never used alone)."""
         raise NotImplementedError
 
     def _fused_arguments(self, x_seq: Tensor) -> Optional[dict]:
