@@ -32,6 +32,24 @@ def cuda_kernels_available() -> bool:
     return _CUDA_KERNELS
 
 
+def cpu_cache_stats() -> dict:
+    """The CPU output pool's counters. CPU outputs of 2 MiB and more (spikes, gradients, TAID
+    images) come from a pool of reused buffers: a fresh buffer costs a page fault every 4 KiB on
+    first write, often more time than the kernel itself. A freed output goes back to the pool,
+    which holds at most ALIF_CUDA_CPU_CACHE_MB MiB of free blocks (read once, at the first CPU
+    call; default 1024, 0 turns the pool off). Keys: held_bytes and held_blocks (free, kept for
+    reuse), reused (outputs served from held blocks), allocated (blocks taken from the system),
+    cap_bytes."""
+    held, blocks, reused, fresh, cap = torch.ops.alif_cuda._cpu_cache_stats()
+    return dict(held_bytes=held, held_blocks=blocks, reused=reused, allocated=fresh, cap_bytes=cap)
+
+
+def empty_cpu_cache() -> None:
+    """Gives the CPU output pool's free blocks back to the system (like torch.cuda.empty_cache;
+    tensors still alive keep their memory)."""
+    torch.ops.alif_cuda._cpu_cache_clear()
+
+
 def _refuse_functorch_autodiff(who: str) -> None:
     """torch.func.grad / vjp / jacrev / jvp cannot run the ops' C++ autograd: say what works.
     (Called outside torch.compile only.)"""

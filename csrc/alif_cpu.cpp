@@ -7,11 +7,12 @@
 // generic version of it, the AVX2 copy its intrinsics), a masked load and store for the last,
 // shorter group. For the tests, the value type can
 // be switched at run time to the ones the CUDA kernels use (a scalar, Lanes<float, 4 or 8>), so
-// this build executes every instantiation of the shared code that the GPU runs. Large fresh
-// outputs are asked for in huge pages (advise_huge_pages).
+// this build executes every instantiation of the shared code that the GPU runs. Large outputs
+// come from a pool of reused, huge-page buffers (empty_output, cpu_memory.h; defined at the end).
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
+#include <ATen/EmptyTensor.h>
 #include <ATen/ops/empty.h>
 #include <torch/library.h>
 
@@ -19,6 +20,10 @@
 #include <atomic>
 #include <cmath>
 #include <cstdint>
+#include <cstdlib>
+#include <mutex>
+#include <unordered_map>
+#include <vector>
 
 #if defined(__linux__)
 #include <sys/mman.h>
@@ -135,7 +140,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> alif_fwd_cpu(
   const AlifParams p = make_alif_fwd_params(x, tau, v_th, u0, steps, reset, detach_reset,
                                             surrogate, width, alpha, decay_input);
   AlifFwdOutputs out = alloc_alif_fwd(x, p, checkpoint);
-  for (const at::Tensor* t : {&out.spikes, &out.u_last, &out.u_ckpt}) advise_huge_pages(*t);
   const at::Tensor xc = x.contiguous();
   const at::Tensor u0c = u0.has_value() ? u0->contiguous() : at::Tensor();
   ALIF_DISPATCH_CPU(x.scalar_type(), "alif_fwd_cpu", [&] {
@@ -172,14 +176,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> alif_bwd_cpu(
                                             decay_input);
   const AlifBwdBuffers buf =
       prepare_alif_bwd(p, grad_spikes, grad_u_last, x, u_ckpt, u0, need_grad_u0);
-  advise_huge_pages(buf.grad_x);
   at::Tensor grad_tau, grad_vth;
   ALIF_DISPATCH_CPU(x.scalar_type(), "alif_bwd_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     const auto acc_opts = x.options().dtype(c10::CppTypeToScalarType<acc_t>::value);
     const auto [tau_c, vth_c] = math_params<acc_t>("alif_bwd", tau, v_th);
-    at::Tensor per_neuron = at::empty({2, p.N}, acc_opts);
-    advise_huge_pages(per_neuron);
+    at::Tensor per_neuron = empty_output({2, p.N}, acc_opts);
     AlifPtrs<scalar_t> q;
     q.x = buf.x.data_ptr<scalar_t>();
     q.u0 = ptr_or_null<scalar_t>(buf.u0);
@@ -228,23 +230,160 @@ std::string cpu_kernels_isa() {
 
 }  // namespace
 
-// See cpu_memory.h.
-void advise_huge_pages(const at::Tensor& t) {
+// ---- the output pool (see cpu_memory.h) -----------------------------------------------------
+
+namespace {
+
+constexpr size_t kHugePage = size_t(1) << 21;
+
+// Asks for the whole 2 MiB pages inside [p, p + n) in huge pages (no effect where unsupported).
+void advise_huge_pages(void* p, size_t n) {
 #if defined(__linux__) && defined(MADV_HUGEPAGE)
-  constexpr uintptr_t kHuge = uintptr_t(1) << 21;
-  if (!t.defined() || t.nbytes() < 2 * kHuge) return;
-  const auto begin = reinterpret_cast<uintptr_t>(t.data_ptr());
-  const uintptr_t first = (begin + kHuge - 1) & ~(kHuge - 1);
-  const uintptr_t last = (begin + t.nbytes()) & ~(kHuge - 1);
+  const auto begin = reinterpret_cast<uintptr_t>(p);
+  const uintptr_t first = (begin + kHugePage - 1) & ~(kHugePage - 1);
+  const uintptr_t last = (begin + n) & ~(kHugePage - 1);
   if (last > first) madvise(reinterpret_cast<void*>(first), last - first, MADV_HUGEPAGE);
 #else
-  (void)t;
+  (void)p;
+  (void)n;
 #endif
 }
+
+int64_t cache_cap_bytes() {
+  const char* env = std::getenv("ALIF_CUDA_CPU_CACHE_MB");
+  if (env == nullptr || *env == '\0') return int64_t(1024) << 20;
+  char* end = nullptr;
+  const long long mb = std::strtoll(env, &end, 10);
+  TORCH_CHECK(end != env && *end == '\0' && mb >= 0,
+              "ALIF_CUDA_CPU_CACHE_MB must be a whole number of MiB >= 0 (0 turns the CPU output "
+              "pool off), got '", env, "'");
+  return int64_t(mb) << 20;
+}
+
+// One block of the pool: it travels as the DataPtr's context while a tensor holds it.
+struct PoolBlock {
+  void* data;
+  size_t size;
+};
+
+// Free blocks by size (exact 2 MiB multiples), at most cap bytes of them; the rest go back to the
+// system. A mutex guards the lists: tensors are freed on whatever thread drops them.
+class OutputPool final : public c10::Allocator {
+ public:
+  explicit OutputPool(int64_t cap) : cap_(cap) {}
+
+  bool enabled() const { return cap_ > 0; }
+
+  c10::DataPtr allocate(size_t n) override {
+    const size_t size = (std::max<size_t>(n, 1) + kHugePage - 1) & ~(kHugePage - 1);
+    PoolBlock* block = nullptr;
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      auto it = free_.find(size);
+      if (it != free_.end() && !it->second.empty()) {
+        block = it->second.back();
+        it->second.pop_back();
+        held_ -= static_cast<int64_t>(size);
+        ++reused_;
+      }
+    }
+    if (block == nullptr) {
+      void* data = std::aligned_alloc(kHugePage, size);
+      TORCH_CHECK(data != nullptr, "alif_cuda: out of CPU memory allocating ", size,
+                  " bytes for an output (the output pool holds ", stats()[0], " free bytes; ",
+                  "alif_cuda.empty_cpu_cache() gives them back)");
+      advise_huge_pages(data, size);
+      block = new PoolBlock{data, size};
+      std::lock_guard<std::mutex> lock(mutex_);
+      ++fresh_;
+    }
+    return {block->data, block, &OutputPool::release, c10::Device(c10::DeviceType::CPU)};
+  }
+
+  void copy_data(void* dest, const void* src, std::size_t count) const override {
+    default_copy_data(dest, src, count);
+  }
+
+  std::vector<int64_t> stats() {
+    std::lock_guard<std::mutex> lock(mutex_);
+    int64_t blocks = 0;
+    for (const auto& kv : free_) blocks += static_cast<int64_t>(kv.second.size());
+    return {held_, blocks, reused_, fresh_, cap_};
+  }
+
+  void clear() {
+    std::unordered_map<size_t, std::vector<PoolBlock*>> drop;
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      drop.swap(free_);
+      held_ = 0;
+    }
+    for (auto& kv : drop) {
+      for (PoolBlock* b : kv.second) destroy(b);
+    }
+  }
+
+  static OutputPool& get() {
+    // Never destroyed: tensors freed during interpreter shutdown still find it.
+    static OutputPool* pool = new OutputPool(cache_cap_bytes());
+    return *pool;
+  }
+
+ private:
+  static void destroy(PoolBlock* b) {
+    std::free(b->data);
+    delete b;
+  }
+
+  static void release(void* ctx) {
+    auto* b = static_cast<PoolBlock*>(ctx);
+    OutputPool& pool = get();
+    {
+      std::lock_guard<std::mutex> lock(pool.mutex_);
+      if (pool.held_ + static_cast<int64_t>(b->size) <= pool.cap_) {
+        pool.free_[b->size].push_back(b);
+        pool.held_ += static_cast<int64_t>(b->size);
+        return;
+      }
+    }
+    destroy(b);
+  }
+
+  const int64_t cap_;
+  std::mutex mutex_;
+  std::unordered_map<size_t, std::vector<PoolBlock*>> free_;
+  int64_t held_ = 0, reused_ = 0, fresh_ = 0;
+};
+
+}  // namespace
+
+at::Tensor empty_output(at::IntArrayRef sizes, const at::TensorOptions& options) {
+  if (!options.device().is_cpu()) return at::empty(sizes, options);
+  const auto dtype = c10::typeMetaToScalarType(options.dtype());
+  int64_t numel = 1;
+  for (int64_t s : sizes) numel *= s;
+  const size_t nbytes = static_cast<size_t>(numel) * c10::elementSize(dtype);
+  if (nbytes < kHugePage) return at::empty(sizes, options);
+  OutputPool& pool = OutputPool::get();
+  if (!pool.enabled()) {
+    at::Tensor t = at::empty(sizes, options);
+    advise_huge_pages(t.data_ptr(), nbytes);
+    return t;
+  }
+  return at::detail::empty_generic(sizes, &pool, c10::DispatchKeySet(c10::DispatchKey::CPU), dtype,
+                                   std::nullopt);
+}
+
+std::vector<int64_t> cpu_cache_stats() { return OutputPool::get().stats(); }
+
+void cpu_cache_clear() { OutputPool::get().clear(); }
 
 TORCH_LIBRARY_FRAGMENT(alif_cuda, m) {
   m.def("_set_cpu_value_type(int kind) -> int", &set_cpu_value_type);
   m.def("_cpu_kernels_isa() -> str", &cpu_kernels_isa);
+  // The CPU output pool (cpu_memory.h): alif_cuda.cpu_cache_stats() / empty_cpu_cache().
+  m.def("_cpu_cache_stats() -> int[]", &cpu_cache_stats);
+  m.def("_cpu_cache_clear() -> ()", &cpu_cache_clear);
 }
 
 TORCH_LIBRARY_IMPL(alif_cuda, CPU, m) {

@@ -1,14 +1,29 @@
-// Memory help for the CPU kernels of both op families (defined in alif_cpu.cpp).
+// Memory for the CPU kernels of both op families (defined in alif_cpu.cpp).
 #pragma once
 
 #include <ATen/core/Tensor.h>
 
+#include <cstdint>
+#include <vector>
+
 namespace alif_cuda {
 
-// Fresh outputs of a few MB would otherwise cost a page fault every 4 KiB on first write, about
-// as much time as a kernel's own traffic: their memory is asked for in 2 MiB pages (Linux,
-// transparent huge pages in "madvise" or "always" mode; elsewhere, or when refused, nothing
-// changes). Only the whole 2 MiB pages inside the tensor are advised; call before first write.
-void advise_huge_pages(const at::Tensor& t);
+// An uninitialised output of the op families' kernels (any device; only CPU tensors are
+// special). A fresh CPU buffer of a few MB costs a page fault every 4 KiB on first write, which
+// on the machines measured takes longer than the kernel's own traffic (bench/README.md). So CPU
+// outputs of 2 MiB and more come from a pool: blocks in 2 MiB multiples, aligned and asked for in
+// 2 MiB pages (Linux transparent huge pages), and given back to the pool, not to the system, when
+// the tensor is freed; the next output of the same rounded size reuses one with its pages already
+// mapped. The pool keeps at most ALIF_CUDA_CPU_CACHE_MB MiB of free blocks (read once; default
+// 1024; 0 turns the pool off, and outputs are then at::empty, advised to huge pages). The tensors
+// are ordinary resizable CPU tensors whatever their allocator.
+at::Tensor empty_output(at::IntArrayRef sizes, const at::TensorOptions& options);
+
+// The pool's counters: {free bytes held, free blocks held, outputs served from held blocks,
+// blocks allocated from the system, cap in bytes}.
+std::vector<int64_t> cpu_cache_stats();
+
+// Gives every free block back to the system (live tensors keep theirs).
+void cpu_cache_clear();
 
 }  // namespace alif_cuda

@@ -14,6 +14,7 @@
 
 #include "alif.h"
 #include "alif_legacy.h"
+#include "cpu_memory.h"
 #include "taid.h"
 
 namespace alif_cuda {
@@ -195,12 +196,12 @@ AlifParams make_alif_bwd_params(const std::optional<at::Tensor>& grad_spikes,
 AlifFwdOutputs alloc_alif_fwd(const at::Tensor& x, const AlifParams& p, bool checkpoint) {
   const auto step = step_shape(x, p.static_x);
   AlifFwdOutputs out;
-  out.spikes = at::empty(seq_shape_of(p, step), x.options());
-  out.u_last = at::empty(step, x.options());
+  out.spikes = empty_output(seq_shape_of(p, step), x.options());
+  out.u_last = empty_output(step, x.options());
   const int64_t n_ckpt = checkpoint && !p.static_x ? num_checkpoints(p.T) : 0;
   auto ckpt_shape = step;
   ckpt_shape.insert(ckpt_shape.begin(), n_ckpt);
-  out.u_ckpt = at::empty(n_ckpt > 0 ? ckpt_shape : std::vector<int64_t>{0},
+  out.u_ckpt = empty_output(n_ckpt > 0 ? ckpt_shape : std::vector<int64_t>{0},
                          x.options().dtype(state_dtype_of(x.scalar_type())));
   return out;
 }
@@ -218,7 +219,7 @@ AlifBwdBuffers prepare_alif_bwd(const AlifParams& p, const std::optional<at::Ten
   b.x = x.contiguous();
   b.u_ckpt = p.static_x || num_checkpoints(p.T) == 0 ? at::Tensor() : contiguous(u_ckpt);
   b.u0 = contiguous(u0);
-  b.grad_x = at::empty(x.sizes(), x.options());
+  b.grad_x = empty_output(x.sizes(), x.options());
   b.grad_u0 = at::empty(need_grad_u0 && p.has_u0 ? b.u0.sizes() : at::IntArrayRef{0},
                         x.options());
   return b;
@@ -382,7 +383,7 @@ TaidParams make_taid_bwd_params(const at::Tensor& grad_y, const at::Tensor& s,
 TaidFwdOutputs alloc_taid_fwd(const at::Tensor& s) {
   const auto state_dtype = s.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
   TaidFwdOutputs out;
-  out.y = at::empty(s.sizes().slice(1), s.options());
+  out.y = empty_output(s.sizes().slice(1), s.options());
   out.attn = at::empty(s.sizes().slice(0, 3), s.options().dtype(state_dtype));
   out.squeezed = at::empty(s.sizes().slice(0, 3), s.options().dtype(state_dtype));
   return out;
@@ -398,8 +399,8 @@ TaidBwdBuffers prepare_taid_bwd(const TaidParams& p, const at::Tensor& grad_y, c
   b.w = w.to(math.dtype()).contiguous();
   b.attn = attn.contiguous();
   b.squeezed = squeezed.contiguous();
-  b.grad_s = at::empty(s.sizes(), s.options());
-  b.dZ = at::empty({p.T, p.planes}, math);
+  b.grad_s = empty_output(s.sizes(), s.options());
+  b.dZ = empty_output({p.T, p.planes}, math);
   b.dw = at::empty({p.T, p.T}, math);
   return b;
 }

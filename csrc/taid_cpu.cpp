@@ -65,7 +65,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> taid_fwd_cpu(const at::Tensor& s,
                                                             std::string_view reduce) {
   const TaidParams p = make_taid_fwd_params(s, w, reduce);
   TaidFwdOutputs out = alloc_taid_fwd(s);
-  advise_huge_pages(out.y);
   const at::Tensor sc = s.contiguous();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, s.scalar_type(), "taid_fwd_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
@@ -84,7 +83,6 @@ std::tuple<at::Tensor, at::Tensor> taid_bwd_cpu(const at::Tensor& grad_y, const 
                                                 std::string_view reduce) {
   const TaidParams p = make_taid_bwd_params(grad_y, s, w, attn, squeezed, reduce);
   const TaidBwdBuffers b = prepare_taid_bwd(p, grad_y, s, w, attn, squeezed);
-  advise_huge_pages(b.grad_s);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, s.scalar_type(), "taid_bwd_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     auto* kernel = TAID_CPU_PICK(taid_bwd_cpu_kernel<scalar_t>);
