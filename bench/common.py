@@ -41,16 +41,29 @@ def time_ms(fn, device: torch.device, reps: int = 20, warmup: int = 3) -> float:
 
 
 def peak_extra_mb(fn, device: torch.device):
-    """Memory fn() allocates at its peak beyond what was allocated before it, in MB (CUDA only;
-    None on the CPU, where PyTorch keeps no such statistic)."""
-    if device.type != "cuda":
-        return None
-    sync(device)
-    before = torch.cuda.memory_allocated(device)
-    torch.cuda.reset_peak_memory_stats(device)
-    fn()
-    sync(device)
-    return (torch.cuda.max_memory_allocated(device) - before) / 2**20
+    """Memory fn() allocates at its peak beyond what was allocated before it, in MB.
+    CUDA: the caching allocator's peak statistic. CPU: the peak of the running sum of the
+    allocations and frees PyTorch's profiler records during fn() (profile_memory=True: PyTorch's
+    CPU allocator reports every tensor, and alif_cuda's CPU output pool reports its outputs the same
+    way), so every provider is counted alike and memory reuse cannot hide an allocation."""
+    if device.type == "cuda":
+        sync(device)
+        before = torch.cuda.memory_allocated(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        fn()
+        sync(device)
+        return (torch.cuda.max_memory_allocated(device) - before) / 2**20
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn()
+    events = sorted((e.start_ns(), e.nbytes()) for e in prof.profiler.kineto_results.events()
+                    if e.name() == "[memory]" and e.device_type() == torch.autograd.DeviceType.CPU)
+    live = peak = 0
+    for _, nbytes in events:
+        live += nbytes
+        peak = max(peak, live)
+    return peak / 2**20
 
 
 def copy_gbps(device: torch.device, mb: Optional[int] = None, reps: int = 20) -> float:

@@ -2,6 +2,7 @@
 // allocation); the per-neuron arithmetic they share is in alif_math.h.
 #pragma once
 
+#include <ATen/OpMathType.h>
 #include <ATen/core/Tensor.h>
 #include <c10/util/Exception.h>
 
@@ -47,6 +48,55 @@ AlifBwdBuffers prepare_alif_bwd(const AlifParams& p, const std::optional<at::Ten
                                 const std::optional<at::Tensor>& grad_u_last, const at::Tensor& x,
                                 const std::optional<at::Tensor>& u_ckpt,
                                 const std::optional<at::Tensor>& u0, bool need_grad_u0);
+
+// ---- the pointers a kernel call works on, filled the same way for both backends ----------------
+
+template <typename T>
+const T* ptr_or_null(const at::Tensor& t) {
+  return t.defined() && t.numel() ? t.data_ptr<T>() : nullptr;
+}
+
+template <typename T>
+T* mut_ptr_or_null(const at::Tensor& t) {
+  return t.defined() && t.numel() ? t.data_ptr<T>() : nullptr;
+}
+
+// A forward call's pointers: x and u0 contiguous (u0 undefined when absent), tau_c and vth_c
+// contiguous in the math dtype, the outputs from alloc_alif_fwd.
+template <typename scalar_t>
+AlifPtrs<scalar_t> alif_fwd_ptrs(const at::Tensor& x, const at::Tensor& u0, const at::Tensor& tau_c,
+                                 const at::Tensor& vth_c, const AlifFwdOutputs& out) {
+  using acc_t = at::opmath_type<scalar_t>;
+  AlifPtrs<scalar_t> q;
+  q.x = x.data_ptr<scalar_t>();
+  q.u0 = ptr_or_null<scalar_t>(u0);
+  q.tau = tau_c.data_ptr<acc_t>();
+  q.v_th = vth_c.data_ptr<acc_t>();
+  q.u_ckpt = mut_ptr_or_null<acc_t>(out.u_ckpt);
+  q.spikes = out.spikes.data_ptr<scalar_t>();
+  q.u_last = out.u_last.data_ptr<scalar_t>();
+  return q;
+}
+
+// A backward call's pointers from prepare_alif_bwd's buffers. dtau_n and dvth_n stay null: where
+// the per-neuron tau/v_th sums go is the backend's choice (the CPU: always per neuron; CUDA: only
+// with per-channel parameters, block partials otherwise).
+template <typename scalar_t>
+AlifPtrs<scalar_t> alif_bwd_ptrs(const AlifBwdBuffers& buf, const at::Tensor& tau_c,
+                                 const at::Tensor& vth_c) {
+  using acc_t = at::opmath_type<scalar_t>;
+  AlifPtrs<scalar_t> q;
+  q.x = buf.x.data_ptr<scalar_t>();
+  q.u0 = ptr_or_null<scalar_t>(buf.u0);
+  q.grad_spikes = ptr_or_null<scalar_t>(buf.grad_spikes);
+  q.grad_u_last = ptr_or_null<scalar_t>(buf.grad_u_last);
+  q.tau = tau_c.data_ptr<acc_t>();
+  q.v_th = vth_c.data_ptr<acc_t>();
+  q.u_ckpt = mut_ptr_or_null<acc_t>(buf.u_ckpt);
+  q.grad_x = buf.grad_x.data_ptr<scalar_t>();
+  q.grad_u0 = mut_ptr_or_null<scalar_t>(buf.grad_u0);
+  return q;
+}
 
 // dL/dparam from its per-channel sums (C,) in the math dtype: summed to () for a scalar
 // parameter, in the parameter's dtype.

@@ -119,16 +119,6 @@ std::pair<at::Tensor, at::Tensor> math_params(const char* who, const at::Tensor&
   return {tau_c, vth_c};
 }
 
-template <typename T>
-const T* ptr_or_null(const at::Tensor& t) {
-  return t.defined() && t.numel() ? t.data_ptr<T>() : nullptr;
-}
-
-template <typename T>
-T* mut_ptr_or_null(const at::Tensor& t) {
-  return t.defined() && t.numel() ? t.data_ptr<T>() : nullptr;
-}
-
 #define ALIF_DISPATCH_CPU(type, name, ...) \
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, type, name, __VA_ARGS__)
 
@@ -145,14 +135,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> alif_fwd_cpu(
   ALIF_DISPATCH_CPU(x.scalar_type(), "alif_fwd_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     const auto [tau_c, vth_c] = math_params<acc_t>("alif", tau, v_th);
-    AlifPtrs<scalar_t> q;
-    q.x = xc.data_ptr<scalar_t>();
-    q.u0 = ptr_or_null<scalar_t>(u0c);
-    q.tau = tau_c.data_ptr<acc_t>();
-    q.v_th = vth_c.data_ptr<acc_t>();
-    q.u_ckpt = mut_ptr_or_null<acc_t>(out.u_ckpt);
-    q.spikes = out.spikes.data_ptr<scalar_t>();
-    q.u_last = out.u_last.data_ptr<scalar_t>();
+    const AlifPtrs<scalar_t> q = alif_fwd_ptrs<scalar_t>(xc, u0c, tau_c, vth_c, out);
     with_value_type<scalar_t>([&](auto tag) {
                                 if constexpr (std::is_same_v<decltype(tag), Avx512Tag>) {
                                   avx512::alif_fwd(p, q);
@@ -182,16 +165,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> alif_bwd_cpu(
     const auto acc_opts = x.options().dtype(c10::CppTypeToScalarType<acc_t>::value);
     const auto [tau_c, vth_c] = math_params<acc_t>("alif_bwd", tau, v_th);
     at::Tensor per_neuron = empty_output({2, p.N}, acc_opts);
-    AlifPtrs<scalar_t> q;
-    q.x = buf.x.data_ptr<scalar_t>();
-    q.u0 = ptr_or_null<scalar_t>(buf.u0);
-    q.grad_spikes = ptr_or_null<scalar_t>(buf.grad_spikes);
-    q.grad_u_last = ptr_or_null<scalar_t>(buf.grad_u_last);
-    q.tau = tau_c.data_ptr<acc_t>();
-    q.v_th = vth_c.data_ptr<acc_t>();
-    q.u_ckpt = mut_ptr_or_null<acc_t>(buf.u_ckpt);
-    q.grad_x = buf.grad_x.data_ptr<scalar_t>();
-    q.grad_u0 = mut_ptr_or_null<scalar_t>(buf.grad_u0);
+    AlifPtrs<scalar_t> q = alif_bwd_ptrs<scalar_t>(buf, tau_c, vth_c);
     q.dtau_n = per_neuron.data_ptr<acc_t>();
     q.dvth_n = q.dtau_n + p.N;
     with_value_type<scalar_t>([&](auto tag) {
@@ -263,7 +237,8 @@ int64_t cache_cap_bytes() {
 // One block of the pool: it travels as the DataPtr's context while a tensor holds it.
 struct PoolBlock {
   void* data;
-  size_t size;
+  size_t size;       // a multiple of 2 MiB
+  size_t requested;  // what the tensor asked for (for the profiler)
 };
 
 // Free blocks by size (exact 2 MiB multiples), at most cap bytes of them; the rest go back to the
@@ -293,10 +268,12 @@ class OutputPool final : public c10::Allocator {
                   " bytes for an output (the output pool holds ", stats()[0], " free bytes; ",
                   "alif_cuda.empty_cpu_cache() gives them back)");
       advise_huge_pages(data, size);
-      block = new PoolBlock{data, size};
+      block = new PoolBlock{data, size, 0};
       std::lock_guard<std::mutex> lock(mutex_);
       ++fresh_;
     }
+    block->requested = n;
+    report(block->data, static_cast<int64_t>(n));
     return {block->data, block, &OutputPool::release, c10::Device(c10::DeviceType::CPU)};
   }
 
@@ -335,9 +312,27 @@ class OutputPool final : public c10::Allocator {
     delete b;
   }
 
+  // Tells PyTorch's profiler (profile_memory=True) about an allocation (+) or a free (-), as
+  // its own CPU allocator does, so that memory traces and peaks count pooled outputs too.
+  void report(void* data, int64_t delta) {
+    int64_t live, held;
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      live_ += delta;
+      live = live_;
+      held = held_;
+    }
+    if (c10::memoryProfilingEnabled()) {
+      c10::reportMemoryUsageToProfiler(data, delta, static_cast<size_t>(live),
+                                       static_cast<size_t>(live + held),
+                                       c10::Device(c10::DeviceType::CPU));
+    }
+  }
+
   static void release(void* ctx) {
     auto* b = static_cast<PoolBlock*>(ctx);
     OutputPool& pool = get();
+    pool.report(b->data, -static_cast<int64_t>(b->requested));
     {
       std::lock_guard<std::mutex> lock(pool.mutex_);
       if (pool.held_ + static_cast<int64_t>(b->size) <= pool.cap_) {
@@ -352,7 +347,7 @@ class OutputPool final : public c10::Allocator {
   const int64_t cap_;
   std::mutex mutex_;
   std::unordered_map<size_t, std::vector<PoolBlock*>> free_;
-  int64_t held_ = 0, reused_ = 0, fresh_ = 0;
+  int64_t held_ = 0, reused_ = 0, fresh_ = 0, live_ = 0;
 };
 
 }  // namespace

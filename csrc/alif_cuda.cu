@@ -283,16 +283,6 @@ bool can_vectorize(const AlifParams& p, const CudaPtrs<scalar_t>& q, int L) {
   return true;
 }
 
-template <typename T>
-const T* ptr_or_null(const at::Tensor& t) {
-  return t.defined() && t.numel() ? t.data_ptr<T>() : nullptr;
-}
-
-template <typename T>
-T* mut_ptr_or_null(const at::Tensor& t) {
-  return t.defined() && t.numel() ? t.data_ptr<T>() : nullptr;
-}
-
 std::tuple<at::Tensor, at::Tensor, at::Tensor> alif_fwd_cuda(
     const at::Tensor& x, const at::Tensor& tau, const at::Tensor& v_th,
     const std::optional<at::Tensor>& u0, std::optional<int64_t> steps, std::string_view reset,
@@ -310,14 +300,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> alif_fwd_cuda(
     using acc_t = at::opmath_type<scalar_t>;
     const auto acc = c10::CppTypeToScalarType<acc_t>::value;
     const at::Tensor tau_c = tau.to(acc).contiguous(), vth_c = v_th.to(acc).contiguous();
-    CudaPtrs<scalar_t> q;
-    q.x = xc.data_ptr<scalar_t>();
-    q.u0 = ptr_or_null<scalar_t>(u0c);
-    q.tau = tau_c.data_ptr<acc_t>();
-    q.v_th = vth_c.data_ptr<acc_t>();
-    q.u_ckpt = mut_ptr_or_null<acc_t>(out.u_ckpt);
-    q.spikes = out.spikes.data_ptr<scalar_t>();
-    q.u_last = out.u_last.data_ptr<scalar_t>();
+    const CudaPtrs<scalar_t> q = alif_fwd_ptrs<scalar_t>(xc, u0c, tau_c, vth_c, out);
     constexpr int kL = vector_lanes<scalar_t>();
     auto launch = [&](auto lanes) {
       constexpr int L = decltype(lanes)::value;
@@ -363,16 +346,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> alif_bwd_cuda(
     at::Tensor sum_vth = empty ? at::zeros({p.C}, acc_opts) : at::empty({p.C}, acc_opts);
     if (!empty) {
       at::Tensor per_neuron = per_channel ? at::empty({2, p.N}, acc_opts) : at::Tensor();
-      CudaPtrs<scalar_t> q;
-      q.x = buf.x.data_ptr<scalar_t>();
-      q.u0 = ptr_or_null<scalar_t>(buf.u0);
-      q.grad_spikes = ptr_or_null<scalar_t>(buf.grad_spikes);
-      q.grad_u_last = ptr_or_null<scalar_t>(buf.grad_u_last);
-      q.tau = tau_c.data_ptr<acc_t>();
-      q.v_th = vth_c.data_ptr<acc_t>();
-      q.u_ckpt = mut_ptr_or_null<acc_t>(buf.u_ckpt);
-      q.grad_x = buf.grad_x.data_ptr<scalar_t>();
-      q.grad_u0 = mut_ptr_or_null<scalar_t>(buf.grad_u0);
+      CudaPtrs<scalar_t> q = alif_bwd_ptrs<scalar_t>(buf, tau_c, vth_c);
       q.dtau_n = per_channel ? per_neuron.data_ptr<acc_t>() : nullptr;
       q.dvth_n = per_channel ? per_neuron.data_ptr<acc_t>() + p.N : nullptr;
       constexpr int kL = vector_lanes<scalar_t>();

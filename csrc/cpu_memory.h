@@ -10,7 +10,7 @@ namespace alif_cuda {
 
 // An uninitialised output of the op families' kernels (any device; only CPU tensors are
 // special). A fresh CPU buffer of a few MB costs a page fault every 4 KiB on first write, which
-// on the machines measured takes longer than the kernel's own traffic (bench/README.md). So CPU
+// on the machines measured takes longer than the kernel's own traffic (docs/design.md). So CPU
 // outputs of 2 MiB and more come from a pool: blocks in 2 MiB multiples, aligned and asked for in
 // 2 MiB pages (Linux transparent huge pages), and given back to the pool, not to the system, when
 // the tensor is freed; the next output of the same rounded size reuses one with its pages already

@@ -167,3 +167,16 @@ def test_bad_cap_is_a_clear_error(value):
 def test_pool_functions_are_exported():
     assert alif_cuda.cpu_cache_stats is cpu_cache_stats and alif_cuda.empty_cpu_cache is empty_cpu_cache
     assert set(cpu_cache_stats()) == {"held_bytes", "held_blocks", "reused", "allocated", "cap_bytes"}
+
+
+def test_profiler_sees_pooled_outputs():
+    from torch.profiler import ProfilerActivity, profile
+
+    x = big_x()
+    alif(x, 0.25, 0.2)  # the block exists: the profiled call reuses it
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        out = alif(x, 0.25, 0.2)
+        del out
+    sizes = [e.nbytes() for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"]
+    spikes = 8 * BIG_N * 4
+    assert spikes in sizes and -spikes in sizes  # allocation and free, reported like PyTorch's own
