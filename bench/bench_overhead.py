@@ -12,6 +12,7 @@ Providers:
   autograd floor
               torch.autograd.grad(x * tau, (x, tau), g): the same call on a one-multiply graph,
               what autograd itself costs whatever the op (not a target; context for the ratios).
+The providers are timed in turns (one call of each per round), the median of --calls rounds.
 Targets (issue 14): alif() <= 1.3x raw ops, ALIF module <= 1.5x.
 Writes bench/results/overhead_<device>.json and .md.
 """
@@ -27,17 +28,21 @@ from alif_cuda import ALIF, alif
 from common import device_name, markdown_table, sync, write_results
 
 
-def median_us(fn, device, calls, warmup=200):
-    for _ in range(warmup):
-        fn()
+def median_us_in_turns(runs, device, calls, warmup=200):
+    """{name: median µs} of each callable, timed round by round (one call of each per round), so
+    that a slow phase of a noisy machine falls on every provider alike."""
+    for fn in runs.values():
+        for _ in range(warmup):
+            fn()
     sync(device)
-    times = []
+    times = {name: [] for name in runs}
     for _ in range(calls):
-        t0 = time.perf_counter()
-        fn()
-        sync(device)
-        times.append((time.perf_counter() - t0) * 1e6)
-    return statistics.median(times)
+        for name, fn in runs.items():
+            t0 = time.perf_counter()
+            fn()
+            sync(device)
+            times[name].append((time.perf_counter() - t0) * 1e6)
+    return {name: statistics.median(ts) for name, ts in times.items()}
 
 
 def main():
@@ -77,7 +82,7 @@ def main():
         "autograd floor": lambda: torch.autograd.grad(x * tau, (x, tau), g),
     }
     targets = {"alif()": 1.3, "ALIF module": 1.5}
-    us = {name: median_us(fn, device, args.calls) for name, fn in runs.items()}
+    us = median_us_in_turns(runs, device, args.calls)
     records, rows = [], []
     for name, t in us.items():
         ratio = t / us["raw ops"]
