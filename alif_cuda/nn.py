@@ -189,14 +189,16 @@ class ALIF(nn.Module):
                 f"{tuple(x.shape[1:])}; call reset() (or SpikingJelly's functional.reset_net) when "
                 f"the batch or layer size changes"
             )
-        spikes, u_last = (alif_ref if _use_reference else alif)(
+        out = (alif_ref if _use_reference else alif)(
             x, self.tau, self.v_th, u0,
             surrogate=self.surrogate, width=self.width, alpha=self.alpha,
             reset=self.reset_mode, detach_reset=self.detach_reset, decay_input=self.decay_input,
-            return_state=True,
+            return_state=keep,
         )
         if keep:
-            self.state = u_last
+            spikes, self.state = out
+        else:
+            spikes = out
         return spikes[0] if single else spikes
 
     def extra_repr(self) -> str:

@@ -94,32 +94,35 @@ def _alif_step_shape(x, steps):
 
 
 @torch.library.register_fake("alif_cuda::alif")
-def _alif_fake(x, tau, v_th, u0, steps, reset, detach_reset, surrogate, width, alpha, decay_input=False):
+def _alif_fake(x, tau, v_th, u0, steps, reset, detach_reset, surrogate, width, alpha, decay_input=False,
+               need_state=True):
     _check_devices("alif", "x", x, tau=tau, v_th=v_th, u0=u0)
     step_shape, T = _alif_step_shape(x, steps)
-    return x.new_empty((T, *step_shape)), x.new_empty(step_shape)
+    return x.new_empty((T, *step_shape)), x.new_empty(step_shape if need_state else (0,))
 
 
-def _alif_fwd_outputs(x, tau, v_th, u0, steps, state_rows):
-    """The fake outputs of both forward ops: spikes, u_last and `state_rows` steps of state in the
-    math dtype (checkpoints, or the legacy kernels' h), an empty (0,) tensor when there are none."""
+def _alif_fwd_outputs(x, tau, v_th, u0, steps, state_rows, need_state=True):
+    """The fake outputs of both forward ops: spikes, u_last (an empty (0,) tensor unless
+    need_state) and `state_rows` steps of state in the math dtype (checkpoints, or the legacy
+    kernels' h), an empty (0,) tensor when there are none."""
     _check_devices("alif", "x", x, tau=tau, v_th=v_th, u0=u0)
     step_shape, T = _alif_step_shape(x, steps)
     state_shape = (state_rows, *step_shape) if state_rows > 0 else (0,)
     return (
         x.new_empty((T, *step_shape)),
-        x.new_empty(step_shape),
+        x.new_empty(step_shape if need_state else (0,)),
         x.new_empty(state_shape, dtype=_state_dtype(x.dtype)),
     )
 
 
 @torch.library.register_fake("alif_cuda::alif_fwd")
 def _alif_fwd_fake(
-    x, tau, v_th, u0, steps, reset, checkpoint, detach_reset, surrogate, width, alpha, decay_input=False
+    x, tau, v_th, u0, steps, reset, checkpoint, detach_reset, surrogate, width, alpha, decay_input=False,
+    need_state=True,
 ):
     T = steps if steps is not None else x.shape[0]
     n_ckpt = (T - 1) // CHUNK if checkpoint and steps is None else 0
-    return _alif_fwd_outputs(x, tau, v_th, u0, steps, n_ckpt)
+    return _alif_fwd_outputs(x, tau, v_th, u0, steps, n_ckpt, need_state)
 
 
 @torch.library.register_fake("alif_cuda::alif_bwd")
@@ -242,7 +245,7 @@ def alif(
     Saved for backward: x itself (not a copy) and per-neuron tensors (u0; for T > 8 the state
     every 8 steps, (T - 1) // 8 of them): the backward replays the forward from x. Returns spikes
     (T, B, ...) in x's dtype, plus the final state u_{T-1} (B, ...) when return_state
-    (differentiable, for chunked or stateful use). Gradients of an unused output are not
+    (differentiable, for chunked or stateful use; without return_state it is not even written). Gradients of an unused output are not
     materialised. The oracle is :func:`alif_cuda.reference.alif_ref`.
     """
     alpha = resolve_alpha(surrogate, alpha)
@@ -259,7 +262,7 @@ def alif(
     steps = x.shape[0] if static is not None else None
     spikes, u_last = torch.ops.alif_cuda.alif(
         static if static is not None else x, tau, v_th, u0, steps, reset, detach_reset, surrogate,
-        float(width), float(alpha), bool(decay_input),
+        float(width), float(alpha), bool(decay_input), bool(return_state),
     )
     return (spikes, u_last) if return_state else spikes
 

@@ -36,8 +36,10 @@ struct AlifFwdOutputs {
   at::Tensor spikes, u_last, u_ckpt;
 };
 
-// Allocates alif_fwd's outputs (see the schema in ops.cpp); u_ckpt is empty unless checkpoint.
-AlifFwdOutputs alloc_alif_fwd(const at::Tensor& x, const AlifParams& p, bool checkpoint);
+// Allocates alif_fwd's outputs (see the schema in ops.cpp); u_ckpt is empty unless checkpoint,
+// u_last empty (and its pointer null: not written) unless need_state.
+AlifFwdOutputs alloc_alif_fwd(const at::Tensor& x, const AlifParams& p, bool checkpoint,
+                              bool need_state);
 
 // alif_bwd's inputs made contiguous (undefined when absent) and its dL/dx, dL/du0 outputs.
 struct AlifBwdBuffers {
@@ -74,7 +76,7 @@ AlifPtrs<scalar_t> alif_fwd_ptrs(const at::Tensor& x, const at::Tensor& u0, cons
   q.v_th = vth_c.data_ptr<acc_t>();
   q.u_ckpt = mut_ptr_or_null<acc_t>(out.u_ckpt);
   q.spikes = out.spikes.data_ptr<scalar_t>();
-  q.u_last = out.u_last.data_ptr<scalar_t>();
+  q.u_last = mut_ptr_or_null<scalar_t>(out.u_last);
   return q;
 }
 

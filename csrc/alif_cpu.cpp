@@ -126,10 +126,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> alif_fwd_cpu(
     const at::Tensor& x, const at::Tensor& tau, const at::Tensor& v_th,
     const std::optional<at::Tensor>& u0, std::optional<int64_t> steps, std::string_view reset,
     bool checkpoint, bool detach_reset, std::string_view surrogate, double width, double alpha,
-    bool decay_input) {
+    bool decay_input, bool need_state) {
   const AlifParams p = make_alif_fwd_params(x, tau, v_th, u0, steps, reset, detach_reset,
                                             surrogate, width, alpha, decay_input);
-  AlifFwdOutputs out = alloc_alif_fwd(x, p, checkpoint);
+  AlifFwdOutputs out = alloc_alif_fwd(x, p, checkpoint, need_state);
   const at::Tensor xc = x.contiguous();
   const at::Tensor u0c = u0.has_value() ? u0->contiguous() : at::Tensor();
   ALIF_DISPATCH_CPU(x.scalar_type(), "alif_fwd_cpu", [&] {

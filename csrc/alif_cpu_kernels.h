@@ -108,7 +108,9 @@ struct CpuMem {
   V grad_u_last() const { return q.grad_u_last ? load<V>(q.grad_u_last + n, cnt) : zero; }
   V ckpt(int64_t i) const { return load<V>(q.u_ckpt + i * N + n, cnt); }
   void spikes(int64_t t, const V& o) const { store(q.spikes + t * N + n, o, cnt); }
-  void u_last(const V& u) const { store(q.u_last + n, u, cnt); }
+  void u_last(const V& u) const {
+    if (q.u_last) store(q.u_last + n, u, cnt);
+  }
   void set_ckpt(int64_t i, const V& u) const {
     if (q.u_ckpt) store(q.u_ckpt + i * N + n, u, cnt);
   }

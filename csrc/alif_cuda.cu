@@ -94,7 +94,9 @@ struct CudaMem {
   }
   __device__ V ckpt(int64_t i) const { return load_v<L, acc_t>(q.u_ckpt + i * N + n); }
   __device__ void spikes(int64_t t, const V& o) const { store_v<L, acc_t>(q.spikes + t * N + n, o); }
-  __device__ void u_last(const V& u) const { store_v<L, acc_t>(q.u_last + n, u); }
+  __device__ void u_last(const V& u) const {
+    if (q.u_last) store_v<L, acc_t>(q.u_last + n, u);
+  }
   __device__ void set_ckpt(int64_t i, const V& u) const {
     if (q.u_ckpt) store_v<L, acc_t>(q.u_ckpt + i * N + n, u);
   }
@@ -287,11 +289,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> alif_fwd_cuda(
     const at::Tensor& x, const at::Tensor& tau, const at::Tensor& v_th,
     const std::optional<at::Tensor>& u0, std::optional<int64_t> steps, std::string_view reset,
     bool checkpoint, bool detach_reset, std::string_view surrogate, double width, double alpha,
-    bool decay_input) {
+    bool decay_input, bool need_state) {
   const AlifParams p = make_alif_fwd_params(x, tau, v_th, u0, steps, reset, detach_reset,
                                             surrogate, width, alpha, decay_input);
   const c10::cuda::OptionalCUDAGuard guard(x.device());
-  AlifFwdOutputs out = alloc_alif_fwd(x, p, checkpoint);
+  AlifFwdOutputs out = alloc_alif_fwd(x, p, checkpoint, need_state);
   if (p.N == 0) return {out.spikes, out.u_last, out.u_ckpt};
   const at::Tensor xc = x.contiguous();
   const at::Tensor u0c = u0.has_value() ? u0->contiguous() : at::Tensor();

@@ -193,11 +193,12 @@ AlifParams make_alif_bwd_params(const std::optional<at::Tensor>& grad_spikes,
   return p;
 }
 
-AlifFwdOutputs alloc_alif_fwd(const at::Tensor& x, const AlifParams& p, bool checkpoint) {
+AlifFwdOutputs alloc_alif_fwd(const at::Tensor& x, const AlifParams& p, bool checkpoint,
+                              bool need_state) {
   const auto step = step_shape(x, p.static_x);
   AlifFwdOutputs out;
   out.spikes = empty_output(seq_shape_of(p, step), x.options());
-  out.u_last = empty_output(step, x.options());
+  out.u_last = need_state ? empty_output(step, x.options()) : at::empty({0}, x.options());
   const int64_t n_ckpt = checkpoint && !p.static_x ? num_checkpoints(p.T) : 0;
   auto ckpt_shape = step;
   ckpt_shape.insert(ckpt_shape.begin(), n_ckpt);
@@ -411,13 +412,16 @@ TORCH_LIBRARY(alif_cuda, m) {
   // (T, B, ...), or (B, ...) repeated over `steps` steps when steps is given (static input).
   m.def(
       "alif(Tensor x, Tensor tau, Tensor v_th, Tensor? u0, int? steps, str reset, "
-      "bool detach_reset, str surrogate, float width, float alpha, bool decay_input=False) "
-      "-> (Tensor, Tensor)");
+      "bool detach_reset, str surrogate, float width, float alpha, bool decay_input=False, "
+      "bool need_state=True) -> (Tensor, Tensor)");
   // taid: y (B, C, H, W) in s's dtype and the attention A (T, B, C, math dtype, not
   // differentiable).
   m.def("taid(Tensor s, Tensor w, str reduce) -> (Tensor, Tensor)");
 
-  // The kernels. alif_fwd returns spikes, u_last and, when checkpoint is true, x is time-major
+  // need_state=False: nobody wants u_last, which is then an empty (0,) tensor and not written
+  // (4 / T bytes per neuron-step saved); alif() passes return_state.
+  //
+  // The kernels. alif_fwd returns spikes, u_last (empty unless need_state) and, when checkpoint is true, x is time-major
   // and T > kChunk (8), u_ckpt ((T - 1) // 8, B, ...) in float32 (float64 for float64 x): the
   // state after steps 8, 16, ..., which the backward starts its replayed chunks from; otherwise
   // an empty tensor. The backward-only options (detach_reset, surrogate, width, alpha) are
@@ -425,7 +429,7 @@ TORCH_LIBRARY(alif_cuda, m) {
   m.def(
       "alif_fwd(Tensor x, Tensor tau, Tensor v_th, Tensor? u0, int? steps, str reset, "
       "bool checkpoint, bool detach_reset, str surrogate, float width, float alpha, "
-      "bool decay_input=False) -> (Tensor, Tensor, Tensor)");
+      "bool decay_input=False, bool need_state=True) -> (Tensor, Tensor, Tensor)");
   // BPTT of alif_fwd from x itself: each chunk of steps is replayed from x, then walked back.
   // Absent grad_spikes / grad_u_last are zero. Returns dL/dx (x's shape: (B, ...) summed over
   // time for a static x), dL/dtau, dL/dv_th (their shapes and dtypes) and dL/du0 (empty unless
@@ -489,7 +493,8 @@ c10::TypedOperatorHandle<Sig> op_handle(const char* name) {
 
 using AlifFwdSig = std::tuple<at::Tensor, at::Tensor, at::Tensor>(
     const at::Tensor&, const at::Tensor&, const at::Tensor&, const std::optional<at::Tensor>&,
-    std::optional<int64_t>, std::string_view, bool, bool, std::string_view, double, double, bool);
+    std::optional<int64_t>, std::string_view, bool, bool, std::string_view, double, double, bool,
+    bool);
 using AlifFwdSavedHSig = std::tuple<at::Tensor, at::Tensor, at::Tensor>(
     const at::Tensor&, const at::Tensor&, const at::Tensor&, const std::optional<at::Tensor>&,
     std::optional<int64_t>, std::string_view, bool, bool, std::string_view, double, double);
@@ -520,20 +525,22 @@ bool legacy_for(std::string_view surrogate, bool decay_input) {
 }
 
 // The forward without autograd; `for_backward` asks for what the backward needs (checkpoints,
-// or h from the legacy kernels) as the third output.
+// or h from the legacy kernels) as the third output; u_last is empty unless need_state.
 std::tuple<at::Tensor, at::Tensor, at::Tensor> alif_forward(
     const at::Tensor& x, const at::Tensor& tau, const at::Tensor& v_th,
     const std::optional<at::Tensor>& u0, std::optional<int64_t> steps, std::string_view reset,
     bool for_backward, bool detach_reset, std::string_view surrogate, double width,
-    double alpha, bool decay_input) {
+    double alpha, bool decay_input, bool need_state) {
   static const auto fwd = op_handle<AlifFwdSig>("alif_cuda::alif_fwd");
   static const auto fwd_saved_h = op_handle<AlifFwdSavedHSig>("alif_cuda::alif_fwd_saved_h");
   if (legacy_for(surrogate, decay_input)) {
-    return fwd_saved_h.call(x, tau, v_th, u0, steps, reset, for_backward, detach_reset, surrogate,
-                            width, alpha);
+    auto out = fwd_saved_h.call(x, tau, v_th, u0, steps, reset, for_backward, detach_reset,
+                                surrogate, width, alpha);
+    if (!need_state) std::get<1>(out) = at::empty({0}, x.options());  // the legacy kernels write it
+    return out;
   }
   return fwd.call(x, tau, v_th, u0, steps, reset, for_backward, detach_reset, surrogate, width,
-                  alpha, decay_input);
+                  alpha, decay_input, need_state);
 }
 
 struct AlifFunction : public torch::autograd::Function<AlifFunction> {
@@ -541,10 +548,11 @@ struct AlifFunction : public torch::autograd::Function<AlifFunction> {
                                const at::Tensor& v_th, const std::optional<at::Tensor>& u0,
                                std::optional<int64_t> steps, std::string_view reset,
                                bool detach_reset, std::string_view surrogate, double width,
-                               double alpha, bool decay_input) {
+                               double alpha, bool decay_input, bool need_state) {
     at::AutoDispatchBelowADInplaceOrView guard;
-    auto [spikes, u_last, state] = alif_forward(x, tau, v_th, u0, steps, reset, true,
-                                                detach_reset, surrogate, width, alpha, decay_input);
+    auto [spikes, u_last, state] =
+        alif_forward(x, tau, v_th, u0, steps, reset, true, detach_reset, surrogate, width, alpha,
+                     decay_input, need_state);
     // Saved: x itself (never a copy; autograd's version counter guards it), the parameters,
     // u0, and the checkpoints (empty for T <= 8) or, from the legacy kernels, h.
     ctx->save_for_backward({x, tau, v_th, u0.value_or(at::Tensor()), state});
@@ -555,6 +563,7 @@ struct AlifFunction : public torch::autograd::Function<AlifFunction> {
     ctx->saved_data["width"] = width;
     ctx->saved_data["alpha"] = alpha;
     ctx->saved_data["decay_input"] = decay_input;
+    ctx->saved_data["need_state"] = need_state;
     ctx->set_materialize_grads(false);
     return {spikes, u_last};
   }
@@ -565,8 +574,10 @@ struct AlifFunction : public torch::autograd::Function<AlifFunction> {
     const auto saved = ctx->get_saved_variables();
     const at::Tensor &x = saved[0], &tau = saved[1], &v_th = saved[2], &u0 = saved[3],
                      &state = saved[4];
-    const at::Tensor &g_spikes = grads[0], &g_u_last = grads[1];
-    variable_list out(11);
+    const at::Tensor& g_spikes = grads[0];
+    // Without need_state u_last is an empty stand-in: whatever gradient it got is no gradient.
+    const at::Tensor g_u_last = ctx->saved_data.at("need_state").toBool() ? grads[1] : at::Tensor();
+    variable_list out(12);
     if (!g_spikes.defined() && !g_u_last.defined()) return out;
     const auto& d = ctx->saved_data;
     const c10::IValue& steps_v = d.at("steps");
@@ -610,16 +621,17 @@ std::tuple<at::Tensor, at::Tensor> alif_autograd(
     const at::Tensor& x, const at::Tensor& tau, const at::Tensor& v_th,
     const std::optional<at::Tensor>& u0, std::optional<int64_t> steps, std::string_view reset,
     bool detach_reset, std::string_view surrogate, double width, double alpha,
-    bool decay_input) {
+    bool decay_input, bool need_state) {
   const at::Tensor u0_t = u0.value_or(at::Tensor());
   if (!at::GradMode::is_enabled() || !any_requires_grad({&x, &tau, &v_th, &u0_t})) {
     at::AutoDispatchBelowADInplaceOrView guard;
-    auto [spikes, u_last, state] = alif_forward(x, tau, v_th, u0, steps, reset, false,
-                                                detach_reset, surrogate, width, alpha, decay_input);
+    auto [spikes, u_last, state] =
+        alif_forward(x, tau, v_th, u0, steps, reset, false, detach_reset, surrogate, width, alpha,
+                     decay_input, need_state);
     return {spikes, u_last};
   }
   const auto out = AlifFunction::apply(x, tau, v_th, u0, steps, reset, detach_reset, surrogate,
-                                       width, alpha, decay_input);
+                                       width, alpha, decay_input, need_state);
   return {out[0], out[1]};
 }
 
@@ -628,9 +640,9 @@ std::tuple<at::Tensor, at::Tensor> alif_no_grad(
     const at::Tensor& x, const at::Tensor& tau, const at::Tensor& v_th,
     const std::optional<at::Tensor>& u0, std::optional<int64_t> steps, std::string_view reset,
     bool detach_reset, std::string_view surrogate, double width, double alpha,
-    bool decay_input) {
+    bool decay_input, bool need_state) {
   auto [spikes, u_last, state] = alif_forward(x, tau, v_th, u0, steps, reset, false, detach_reset,
-                                              surrogate, width, alpha, decay_input);
+                                              surrogate, width, alpha, decay_input, need_state);
   return {spikes, u_last};
 }
 

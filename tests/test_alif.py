@@ -222,8 +222,13 @@ def test_opcheck(device, static, T):
     torch.library.opcheck(
         torch.ops.alif_cuda.alif, (x, tau, v_th, u0, steps, "soft", False, "atan", 1.0, 2.0)
     )
+    # without the final state (alif() without return_state): u_last is an empty stand-in
+    torch.library.opcheck(
+        torch.ops.alif_cuda.alif, (x, tau, v_th, u0, steps, "soft", False, "atan", 1.0, 2.0, False, False)
+    )
     fwd_args = (x, tau, v_th, u0, steps, "hard", True, False, "rect", 1.0, 2.0)
     torch.library.opcheck(torch.ops.alif_cuda.alif_fwd, fwd_args)
+    torch.library.opcheck(torch.ops.alif_cuda.alif_fwd, (*fwd_args, False, False))
     torch.library.opcheck(torch.ops.alif_cuda.alif_fwd_saved_h, fwd_args)
     with torch.no_grad():
         spikes, u_last, u_ckpt = torch.ops.alif_cuda.alif_fwd(*fwd_args)

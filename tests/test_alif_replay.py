@@ -246,3 +246,54 @@ def test_reference_accepts_python_float_parameters():
     want = alif_ref(x, torch.tensor(0.5, dtype=torch.float64), torch.tensor(0.2, dtype=torch.float64))
     assert torch.equal(alif_ref(x, 0.5, 0.2), want)
     assert torch.equal(alif(x, 0.5, 0.2), want)
+
+
+@pytest.mark.parametrize("legacy_config", [False, True])
+@pytest.mark.parametrize("static", [False, True])
+def test_final_state_is_not_written_unless_asked(static, legacy_config):
+    """need_state=False (what alif() passes without return_state): u_last comes back as an empty
+    (0,) tensor, the spikes and every gradient are the same as with the state, and a gradient
+    that reaches the empty stand-in is ignored."""
+    T, step = 11, (3, 4, 5)
+    g = torch.Generator().manual_seed(3)
+    base = torch.randn(step, generator=g, requires_grad=True)
+    x = base.unsqueeze(0).expand(T, *step) if static else torch.randn(T, *step, generator=g, requires_grad=True)
+    tau = torch.tensor(0.4, requires_grad=True)
+    v_th = torch.tensor(0.2, requires_grad=True)
+    u0 = (torch.randn(step, generator=g) * 0.1).requires_grad_()
+    source = base if static else x
+    gs = torch.randn(T, *step, generator=g)
+    steps = T if static else None
+    xin = base if static else x
+    opts = ("hard", False, "atan" if legacy_config else "sigmoid", 1.0, 2.0, False)
+    full, u_full = torch.ops.alif_cuda.alif(xin, tau, v_th, u0, steps, *opts, True)
+    part, u_none = torch.ops.alif_cuda.alif(xin, tau, v_th, u0, steps, *opts, False)
+    assert u_full.shape == step and u_none.shape == (0,)
+    assert torch.equal(full, part)
+    want = torch.autograd.grad(full, (source, tau, v_th, u0), gs)
+    got = torch.autograd.grad((part, u_none.sum()), (source, tau, v_th, u0), (gs, torch.tensor(1.0)))
+    for a, b in zip(got, want):
+        assert torch.equal(a, b)
+    with torch.no_grad():
+        _, u_inf = torch.ops.alif_cuda.alif(xin, tau, v_th, u0, steps, *opts, False)
+    assert u_inf.shape == (0,)
+    # the forward kernel op itself
+    _, u_k, _ = torch.ops.alif_cuda.alif_fwd(xin.detach(), tau.detach(), v_th.detach(), None, steps,
+                                             "hard", False, False, "rect", 1.0, 2.0, False, False)
+    assert u_k.shape == (0,)
+
+
+def test_alif_without_return_state_allocates_no_final_state():
+    """alif(x) without return_state allocates the spikes and nothing per neuron for u_last
+    (PyTorch's profiler sees every CPU allocation, pooled ones included)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    x = torch.randn(8, 2**17)
+    alif(x, 0.25, 0.2)
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        out = alif(x, 0.25, 0.2)
+    sizes = [e.nbytes() for e in prof.profiler.kineto_results.events() if e.name() == "[memory]" and e.nbytes() > 0]
+    assert out.numel() * 4 in sizes
+    assert 2**17 * 4 not in sizes, sizes
+    _, u = alif(x, 0.25, 0.2, return_state=True)
+    assert u.shape == (2**17,)
