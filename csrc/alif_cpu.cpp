@@ -164,10 +164,19 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> alif_bwd_cpu(
     using acc_t = at::opmath_type<scalar_t>;
     const auto acc_opts = x.options().dtype(c10::CppTypeToScalarType<acc_t>::value);
     const auto [tau_c, vth_c] = math_params<acc_t>("alif_bwd", tau, v_th);
-    at::Tensor per_neuron = empty_output({2, p.N}, acc_opts);
+    // Where the per-neuron tau/v_th terms go: with per-channel parameters a (2, N) buffer summed
+    // per channel below; with scalar ones, the kernel's per-block double sums (kCpuSumBlock).
+    const bool per_channel = p.tau_per_channel || p.vth_per_channel;
+    const int64_t blocks = (p.N + kCpuSumBlock - 1) / kCpuSumBlock;
+    at::Tensor per_neuron =
+        per_channel ? empty_output({2, p.N}, acc_opts) : at::empty({2 * blocks}, acc_opts.dtype(at::kDouble));
     AlifPtrs<scalar_t> q = alif_bwd_ptrs<scalar_t>(buf, tau_c, vth_c);
-    q.dtau_n = per_neuron.data_ptr<acc_t>();
-    q.dvth_n = q.dtau_n + p.N;
+    if (per_channel) {
+      q.dtau_n = per_neuron.data_ptr<acc_t>();
+      q.dvth_n = q.dtau_n + p.N;
+    } else {
+      q.block_sums = per_neuron.data_ptr<double>();
+    }
     with_value_type<scalar_t>([&](auto tag) {
                                 if constexpr (std::is_same_v<decltype(tag), Avx512Tag>) {
                                   avx512::alif_bwd(p, q);
@@ -176,9 +185,22 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> alif_bwd_cpu(
                                 }
                               },
                               [&](auto v) { isa_default::run_alif_bwd<decltype(v)>(p, q); });
-    const auto [sum_tau, sum_vth] = sum_per_channel(p, q.dtau_n, q.dvth_n, acc_opts);
-    grad_tau = param_grad(sum_tau, tau);
-    grad_vth = param_grad(sum_vth, v_th);
+    if (per_channel) {
+      const auto [sum_tau, sum_vth] = sum_per_channel(p, q.dtau_n, q.dvth_n, acc_opts);
+      grad_tau = param_grad(sum_tau, tau);
+      grad_vth = param_grad(sum_vth, v_th);
+    } else {
+      double total[2] = {0, 0};  // the blocks in order
+      for (int64_t b = 0; b < blocks; ++b) {
+        total[0] += q.block_sums[b];
+        total[1] += q.block_sums[blocks + b];
+      }
+      at::Tensor sum_tau = at::empty({1}, acc_opts), sum_vth = at::empty({1}, acc_opts);
+      sum_tau.data_ptr<acc_t>()[0] = acc_t(total[0]);
+      sum_vth.data_ptr<acc_t>()[0] = acc_t(total[1]);
+      grad_tau = param_grad(sum_tau, tau);
+      grad_vth = param_grad(sum_vth, v_th);
+    }
   });
   return {buf.grad_x, grad_tau, grad_vth, buf.grad_u0};
 }

@@ -172,12 +172,46 @@ void alif_fwd_cpu_kernel(const AlifParams& p, const AlifPtrs<scalar_t>& q) {
 template <typename V, typename scalar_t, bool kSoft, bool kDetach, Surrogate kSur, bool kStatic,
           bool kDecay>
 void alif_bwd_cpu_kernel(const AlifParams& p, const AlifPtrs<scalar_t>& q) {
-  for_each_group<V>(p, q, [&](int64_t n, int cnt, const NeuronConsts<V>& c) {
-    CpuMem<scalar_t, V, kStatic> m{q, p.N, n, cnt, c.zero};
-    V dtau = c.zero, dvth = c.zero;
-    alif_bwd_neurons<kSoft, kDetach, kSur, kStatic, kDecay>(m, c, p.T, dtau, dvth);
-    store(q.dtau_n + n, dtau, cnt);
-    store(q.dvth_n + n, dvth, cnt);
+  if (q.block_sums == nullptr) {  // per-channel parameters: per-neuron sums, reduced afterwards
+    for_each_group<V>(p, q, [&](int64_t n, int cnt, const NeuronConsts<V>& c) {
+      CpuMem<scalar_t, V, kStatic> m{q, p.N, n, cnt, c.zero};
+      V dtau = c.zero, dvth = c.zero;
+      alif_bwd_neurons<kSoft, kDetach, kSur, kStatic, kDecay>(m, c, p.T, dtau, dvth);
+      store(q.dtau_n + n, dtau, cnt);
+      store(q.dvth_n + n, dvth, cnt);
+    });
+    return;
+  }
+  // Scalar parameters: each block of kCpuSumBlock neurons adds its neurons' terms in order, in
+  // double, straight from the registers (no per-neuron buffer: 2 x 4 bytes a neuron written and
+  // read back saved).
+  using acc_t = at::opmath_type<scalar_t>;
+  using Tr = LaneTraits<V>;
+  constexpr int L = Tr::size;
+  static_assert(kCpuSumBlock % L == 0, "a block holds whole groups");
+  const SurrogateScalars<acc_t> sur(p);
+  const int64_t blocks = (p.N + kCpuSumBlock - 1) / kCpuSumBlock;
+  at::parallel_for(0, blocks, 1, [&](int64_t b0, int64_t b1) {
+    const auto c = make_consts(V(q.tau[0]), V(q.v_th[0]), sur);
+    for (int64_t b = b0; b < b1; ++b) {
+      double sum_tau = 0, sum_vth = 0;
+      const int64_t end = std::min(p.N, (b + 1) * kCpuSumBlock);
+      for (int64_t n = b * kCpuSumBlock; n < end; n += L) {
+        const int cnt = static_cast<int>(std::min<int64_t>(L, end - n));
+        CpuMem<scalar_t, V, kStatic> m{q, p.N, n, cnt, c.zero};
+        V dtau = c.zero, dvth = c.zero;
+        alif_bwd_neurons<kSoft, kDetach, kSur, kStatic, kDecay>(m, c, p.T, dtau, dvth);
+        acc_t a[L], v[L];
+        Tr::to(dtau, a);
+        Tr::to(dvth, v);
+        for (int l = 0; l < cnt; ++l) {
+          sum_tau += a[l];
+          sum_vth += v[l];
+        }
+      }
+      q.block_sums[b] = sum_tau;
+      q.block_sums[blocks + b] = sum_vth;
+    }
   });
 }
 

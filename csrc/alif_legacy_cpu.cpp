@@ -152,11 +152,22 @@ void alif_bwd_cpu_kernel(const AlifParams& p, const scalar_t* __restrict__ grad_
 }
 
 // Sums per-neuron values (B, C, I) over B and I in a fixed order: deterministic whatever the
-// number of threads. Accumulates in double.
+// number of threads. Accumulates in double. With scalar parameters (one channel) in the order of
+// the replaying CPU kernels (kCpuSumBlock neurons a block, then the blocks), for the same bits.
 template <typename acc_t>
 at::Tensor sum_per_channel(const AlifParams& p, const acc_t* per_neuron, at::TensorOptions opts) {
   at::Tensor out = at::empty({p.C}, opts);
   acc_t* o = out.data_ptr<acc_t>();
+  if (!p.tau_per_channel && !p.vth_per_channel) {
+    double total = 0;
+    for (int64_t b0 = 0; b0 < p.N; b0 += kCpuSumBlock) {
+      double s = 0;
+      for (int64_t n = b0; n < std::min(p.N, b0 + kCpuSumBlock); ++n) s += per_neuron[n];
+      total += s;
+    }
+    o[0] = acc_t(total);
+    return out;
+  }
   at::parallel_for(0, p.C, 1, [&](int64_t c0, int64_t c1) {
     for (int64_t c = c0; c < c1; ++c) {
       double s = 0;

@@ -33,6 +33,11 @@ constexpr int kChunk = 8;
 
 inline int64_t num_checkpoints(int64_t T) { return (T - 1) / kChunk; }
 
+// The CPU backward's dL/dtau and dL/dv_th sums with scalar parameters: neurons in blocks of this
+// many, each block's terms added in neuron order in double, then the blocks in order (the legacy
+// CPU kernels sum the same way, so both give the same bits, whatever the number of threads).
+constexpr int64_t kCpuSumBlock = 2048;
+
 // Geometry of one alif call. Neurons of one time step are laid out as (B, C, I): C is the channel
 // dim (dim 2 of x) when some parameter is per-channel, else C = 1 and I = N / B. A parameter that
 // is scalar reads index 0 whatever the channel.
@@ -70,6 +75,8 @@ struct AlifPtrs {
   scalar_t* grad_u0 = nullptr;
   acc_t* dtau_n = nullptr;  // per-neuron sums over time (the CUDA kernels: per-channel only)
   acc_t* dvth_n = nullptr;
+  // The CPU with scalar parameters: the kCpuSumBlock blocks' sums, dtau's then dvth's.
+  double* block_sums = nullptr;
 };
 
 // Calls f(std::bool_constant<a>, std::bool_constant<b>): runtime flags become template flags.

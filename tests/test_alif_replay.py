@@ -297,3 +297,24 @@ def test_alif_without_return_state_allocates_no_final_state():
     assert 2**17 * 4 not in sizes, sizes
     _, u = alif(x, 0.25, 0.2, return_state=True)
     assert u.shape == (2**17,)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("per_channel", [False, True])
+def test_parameter_sums_over_several_blocks_match_legacy_and_ignore_threads(dtype, per_channel):
+    """Past one block of the CPU's tau/v_th reduction (2048 neurons, with a tail): the same bits
+    as the saved-h kernels and for any number of threads, for every value type."""
+    T, step = 9, (3, 1, 1400)  # N = 4200: two whole blocks and a tail; per-channel with C = 1
+    x, tau, v_th, u0, gs, gu = inputs(T, step, dtype, per_channel)
+    kw = dict(static=False, T=T, reset="soft", detach=False, surrogate="atan")
+    want = run_ops(x, tau, v_th, u0, gs, gu, legacy=True, **kw)
+    threads = torch.get_num_threads()
+    names = ["vectorized", "baseline", "scalar"] + (["lanes4", "lanes8"] if dtype == torch.float32 else [])
+    try:
+        for n in sorted({1, threads}):
+            torch.set_num_threads(n)
+            for name in names:
+                with cpu_value_type(name):
+                    assert_bitwise(run_ops(x, tau, v_th, u0, gs, gu, **kw), want)
+    finally:
+        torch.set_num_threads(threads)
