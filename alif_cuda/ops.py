@@ -245,8 +245,9 @@ def alif(
     Saved for backward: x itself (not a copy) and per-neuron tensors (u0; for T > 8 the state
     every 8 steps, (T - 1) // 8 of them): the backward replays the forward from x. Returns spikes
     (T, B, ...) in x's dtype, plus the final state u_{T-1} (B, ...) when return_state
-    (differentiable, for chunked or stateful use; without return_state it is not even written). Gradients of an unused output are not
-    materialised. The oracle is :func:`alif_cuda.reference.alif_ref`.
+    (differentiable, for chunked or stateful use; without return_state it is not even written).
+    Gradients of an unused output are not materialised. The oracle is
+    :func:`alif_cuda.reference.alif_ref`.
     """
     alpha = resolve_alpha(surrogate, alpha)
     check_alif_options(surrogate, width, alpha, reset)

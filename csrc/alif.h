@@ -63,38 +63,42 @@ T* mut_ptr_or_null(const at::Tensor& t) {
   return t.defined() && t.numel() ? t.data_ptr<T>() : nullptr;
 }
 
-// A forward call's pointers: x and u0 contiguous (u0 undefined when absent), tau_c and vth_c
-// contiguous in the math dtype, the outputs from alloc_alif_fwd.
+// The pointers both directions read: x and u0 contiguous (u0 undefined when absent), tau_c and
+// vth_c contiguous in the math dtype, the checkpoints (empty when there are none).
 template <typename scalar_t>
-AlifPtrs<scalar_t> alif_fwd_ptrs(const at::Tensor& x, const at::Tensor& u0, const at::Tensor& tau_c,
-                                 const at::Tensor& vth_c, const AlifFwdOutputs& out) {
+AlifPtrs<scalar_t> alif_input_ptrs(const at::Tensor& x, const at::Tensor& u0,
+                                   const at::Tensor& tau_c, const at::Tensor& vth_c,
+                                   const at::Tensor& u_ckpt) {
   using acc_t = at::opmath_type<scalar_t>;
   AlifPtrs<scalar_t> q;
   q.x = x.data_ptr<scalar_t>();
   q.u0 = ptr_or_null<scalar_t>(u0);
   q.tau = tau_c.data_ptr<acc_t>();
   q.v_th = vth_c.data_ptr<acc_t>();
-  q.u_ckpt = mut_ptr_or_null<acc_t>(out.u_ckpt);
+  q.u_ckpt = mut_ptr_or_null<acc_t>(u_ckpt);
+  return q;
+}
+
+// A forward call's pointers: the inputs as above, the outputs from alloc_alif_fwd.
+template <typename scalar_t>
+AlifPtrs<scalar_t> alif_fwd_ptrs(const at::Tensor& x, const at::Tensor& u0, const at::Tensor& tau_c,
+                                 const at::Tensor& vth_c, const AlifFwdOutputs& out) {
+  AlifPtrs<scalar_t> q = alif_input_ptrs<scalar_t>(x, u0, tau_c, vth_c, out.u_ckpt);
   q.spikes = out.spikes.data_ptr<scalar_t>();
   q.u_last = mut_ptr_or_null<scalar_t>(out.u_last);
   return q;
 }
 
-// A backward call's pointers from prepare_alif_bwd's buffers. dtau_n and dvth_n stay null: where
-// the per-neuron tau/v_th sums go is the backend's choice (the CPU: always per neuron; CUDA: only
-// with per-channel parameters, block partials otherwise).
+// A backward call's pointers from prepare_alif_bwd's buffers. Where the tau/v_th terms go stays
+// null: that is the backend's choice (the CPU: per neuron with per-channel parameters, per block
+// of kCpuSumBlock otherwise; CUDA: per neuron with per-channel parameters, block partials
+// otherwise).
 template <typename scalar_t>
 AlifPtrs<scalar_t> alif_bwd_ptrs(const AlifBwdBuffers& buf, const at::Tensor& tau_c,
                                  const at::Tensor& vth_c) {
-  using acc_t = at::opmath_type<scalar_t>;
-  AlifPtrs<scalar_t> q;
-  q.x = buf.x.data_ptr<scalar_t>();
-  q.u0 = ptr_or_null<scalar_t>(buf.u0);
+  AlifPtrs<scalar_t> q = alif_input_ptrs<scalar_t>(buf.x, buf.u0, tau_c, vth_c, buf.u_ckpt);
   q.grad_spikes = ptr_or_null<scalar_t>(buf.grad_spikes);
   q.grad_u_last = ptr_or_null<scalar_t>(buf.grad_u_last);
-  q.tau = tau_c.data_ptr<acc_t>();
-  q.v_th = vth_c.data_ptr<acc_t>();
-  q.u_ckpt = mut_ptr_or_null<acc_t>(buf.u_ckpt);
   q.grad_x = buf.grad_x.data_ptr<scalar_t>();
   q.grad_u0 = mut_ptr_or_null<scalar_t>(buf.grad_u0);
   return q;

@@ -168,14 +168,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> alif_bwd_cpu(
     // per channel below; with scalar ones, the kernel's per-block double sums (kCpuSumBlock).
     const bool per_channel = p.tau_per_channel || p.vth_per_channel;
     const int64_t blocks = (p.N + kCpuSumBlock - 1) / kCpuSumBlock;
-    at::Tensor per_neuron =
-        per_channel ? empty_output({2, p.N}, acc_opts) : at::empty({2 * blocks}, acc_opts.dtype(at::kDouble));
+    const at::Tensor term_sums = per_channel
+                                     ? empty_output({2, p.N}, acc_opts)
+                                     : at::empty({2 * blocks}, acc_opts.dtype(at::kDouble));
     AlifPtrs<scalar_t> q = alif_bwd_ptrs<scalar_t>(buf, tau_c, vth_c);
     if (per_channel) {
-      q.dtau_n = per_neuron.data_ptr<acc_t>();
+      q.dtau_n = term_sums.data_ptr<acc_t>();
       q.dvth_n = q.dtau_n + p.N;
     } else {
-      q.block_sums = per_neuron.data_ptr<double>();
+      q.block_sums = term_sums.data_ptr<double>();
     }
     with_value_type<scalar_t>([&](auto tag) {
                                 if constexpr (std::is_same_v<decltype(tag), Avx512Tag>) {
@@ -274,6 +275,7 @@ class OutputPool final : public c10::Allocator {
   c10::DataPtr allocate(size_t n) override {
     const size_t size = (std::max<size_t>(n, 1) + kHugePage - 1) & ~(kHugePage - 1);
     PoolBlock* block = nullptr;
+    int64_t live = 0, held = 0;
     {
       std::lock_guard<std::mutex> lock(mutex_);
       auto it = free_.find(size);
@@ -282,9 +284,12 @@ class OutputPool final : public c10::Allocator {
         it->second.pop_back();
         held_ -= static_cast<int64_t>(size);
         ++reused_;
+        live_ += static_cast<int64_t>(n);
+        live = live_;
+        held = held_;
       }
     }
-    if (block == nullptr) {
+    if (block == nullptr) {  // a new block, allocated outside the lock
       void* data = std::aligned_alloc(kHugePage, size);
       TORCH_CHECK(data != nullptr, "alif_cuda: out of CPU memory allocating ", size,
                   " bytes for an output (the output pool holds ", stats()[0], " free bytes; ",
@@ -293,9 +298,12 @@ class OutputPool final : public c10::Allocator {
       block = new PoolBlock{data, size, 0};
       std::lock_guard<std::mutex> lock(mutex_);
       ++fresh_;
+      live_ += static_cast<int64_t>(n);
+      live = live_;
+      held = held_;
     }
     block->requested = n;
-    report(block->data, static_cast<int64_t>(n));
+    report(block->data, static_cast<int64_t>(n), live, held);
     return {block->data, block, &OutputPool::release, c10::Device(c10::DeviceType::CPU)};
   }
 
@@ -335,15 +343,9 @@ class OutputPool final : public c10::Allocator {
   }
 
   // Tells PyTorch's profiler (profile_memory=True) about an allocation (+) or a free (-), as
-  // its own CPU allocator does, so that memory traces and peaks count pooled outputs too.
-  void report(void* data, int64_t delta) {
-    int64_t live, held;
-    {
-      std::lock_guard<std::mutex> lock(mutex_);
-      live_ += delta;
-      live = live_;
-      held = held_;
-    }
+  // its own CPU allocator does, so that memory traces and peaks count pooled outputs too; live
+  // and held are the pool's counters after the change.
+  static void report(void* data, int64_t delta, int64_t live, int64_t held) {
     if (c10::memoryProfilingEnabled()) {
       c10::reportMemoryUsageToProfiler(data, delta, static_cast<size_t>(live),
                                        static_cast<size_t>(live + held),
@@ -354,16 +356,23 @@ class OutputPool final : public c10::Allocator {
   static void release(void* ctx) {
     auto* b = static_cast<PoolBlock*>(ctx);
     OutputPool& pool = get();
-    pool.report(b->data, -static_cast<int64_t>(b->requested));
+    const auto requested = static_cast<int64_t>(b->requested);
+    void* const data = b->data;
+    bool kept;
+    int64_t live, held;
     {
       std::lock_guard<std::mutex> lock(pool.mutex_);
-      if (pool.held_ + static_cast<int64_t>(b->size) <= pool.cap_) {
+      pool.live_ -= requested;
+      kept = pool.held_ + static_cast<int64_t>(b->size) <= pool.cap_;
+      if (kept) {
         pool.free_[b->size].push_back(b);
         pool.held_ += static_cast<int64_t>(b->size);
-        return;
       }
+      live = pool.live_;
+      held = pool.held_;
     }
-    destroy(b);
+    report(data, -requested, live, held);
+    if (!kept) destroy(b);
   }
 
   const int64_t cap_;
