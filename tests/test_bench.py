@@ -12,6 +12,7 @@ CASES = {
     "alif": ["bench_alif.py", "--device", "cpu", "--T", "3", "--N", "8", "--dtypes", "float32", "--reps", "1",
              "--providers", "alif_cuda", "reference"],
     "taid": ["bench_taid.py", "--device", "cpu", "--T", "4", "--batch", "2", "--reps", "1", "--no-compile"],
+    "first_touch": ["bench_first_touch.py", "--mb", "2", "--reps", "1"],
     "fsvae": ["bench_fsvae.py", "--device", "cpu", "--T", "2", "--batch", "2", "--reps", "1"],
     "train": ["bench_train.py", "--device", "cpu", "--nets", "mnist", "--batches", "2", "--precisions", "fp32",
               "--reps", "1", "--providers", "alif_cuda", "reference", "--check-steps", "5"],
