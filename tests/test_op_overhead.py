@@ -1,5 +1,7 @@
 """The glue around the kernels: the ops a forward+backward dispatches (no hidden zero tensors, no
 host syncs, no extra launches), eager and compiled, for alif and taid."""
+import re
+
 import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
@@ -164,3 +166,31 @@ def test_no_host_sync_on_cuda():
     finally:
         torch.cuda.set_sync_debug_mode(previous)
     torch.cuda.synchronize()
+
+
+def test_inductor_static_input_makes_no_time_major_buffer():
+    """A model compiled with its expand inside (torch.compile(model)): Inductor's forward and
+    backward hold no (T, B, ...) buffer, the gradient goes straight from the kernel to the (B, ...)
+    tensor. (A compiled function handed an already expanded tensor owes a gradient of that
+    tensor's (T, B, ...) shape by definition: keep the expand inside the compiled region.)"""
+    from torch._inductor.utils import run_and_get_code
+
+    T = 6
+    base, _, tau, v_th = inputs(static=True)
+
+    def f(base, tau, v_th):
+        y = base * 2.0
+        return alif(y.unsqueeze(0).expand(T, *y.shape), tau, v_th)
+
+    torch._dynamo.reset()
+    compiled = torch.compile(f, fullgraph=True)
+    g = torch.ones(T, *base.shape)
+    grads, codes = run_and_get_code(lambda: torch.autograd.grad(compiled(base, tau, v_th), (base, tau, v_th), g))
+    want = torch.autograd.grad(f(base, tau, v_th), (base, tau, v_th), g)
+    for got, ref in zip(grads, want):
+        assert torch.equal(got, ref)
+    assert len(codes) == 2  # the forward and the backward graph
+    text = "\n".join(codes)
+    assert "alif_cuda.alif_bwd" in text
+    allocs = re.findall(r"empty_strided_cpu\(\((\d+),", text)
+    assert allocs and str(T) not in allocs, allocs
