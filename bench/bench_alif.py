@@ -30,7 +30,7 @@ import torch
 
 import alif_cuda
 from alif_cuda import alif, alif_ref
-from common import (RESULTS_DIR, copy_gbps, device_name, device_slug, markdown_table, peak_extra_mb, time_ms,
+from common import (RESULTS_DIR, command_line, copy_gbps, device_name, device_slug, markdown_table, peak_extra_mb, time_ms,
                     write_results)
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -165,7 +165,7 @@ def main():
     table = markdown_table(["provider", "dtype", "T", "N", "mode", "ms", "GB/s", "of copy", "peak MB"], rows)
     print("\n" + table)
     if not args.no_save and records:
-        path = write_results("alif", device, records, table, ("python bench/bench_alif.py " + " ".join(sys.argv[1:])).strip())
+        path = write_results("alif", device, records, table, command_line(__file__))
         plot(records, path.with_suffix(".png"))
         print(f"\nwrote {path}, {path.with_suffix('.md')} and {path.with_suffix('.png')}")
     if args.profile:

@@ -9,11 +9,10 @@ tensor allocated once, and the copy of a mapped tensor into another, for one flo
 --mb MB. Writes bench/results/first_touch_cpu.json and .md.
 """
 import argparse
-import sys
 
 import torch
 
-from common import device_name, markdown_table, time_ms, write_results
+from common import command_line, device_name, markdown_table, time_ms, write_results
 
 
 def main():
@@ -44,7 +43,7 @@ def main():
     print(table)
     if not args.no_save:
         path = write_results("first_touch", device, records, table,
-                             ("python bench/bench_first_touch.py " + " ".join(sys.argv[1:])).strip())
+                             command_line(__file__))
         print(f"\nwrote {path} and {path.with_suffix('.md')}")
 
 

@@ -16,7 +16,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # models/ from the checkout
 
 import alif_cuda  # noqa: E402
-from common import device_name, markdown_table, peak_extra_mb, time_ms, write_results  # noqa: E402
+from common import command_line, device_name, markdown_table, peak_extra_mb, time_ms, write_results  # noqa: E402
 from models.vae import VAEConfig, build_vae, dataset_channels  # noqa: E402
 
 
@@ -70,7 +70,7 @@ def main():
     print("\n" + table)
     if not args.no_save:
         path = write_results(f"fsvae_{args.dataset}", device, records, table,
-                             ("python bench/bench_fsvae.py " + " ".join(sys.argv[1:])).strip())
+                             command_line(__file__))
         print(f"\nwrote {path} and {path.with_suffix('.md')}")
 
 

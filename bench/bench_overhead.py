@@ -18,14 +18,13 @@ Writes bench/results/overhead_<device>.json and .md.
 """
 import argparse
 import statistics
-import sys
 import time
 
 import torch
 
 import alif_cuda
 from alif_cuda import ALIF, alif
-from common import device_name, markdown_table, sync, write_results
+from common import command_line, device_name, markdown_table, sync, write_results
 
 
 def median_us_in_turns(runs, device, calls, warmup=200):
@@ -96,7 +95,7 @@ def main():
     print(table)
     if not args.no_save:
         path = write_results("overhead", device, records, table,
-                             ("python bench/bench_overhead.py " + " ".join(sys.argv[1:])).strip())
+                             command_line(__file__))
         print(f"\nwrote {path} and {path.with_suffix('.md')}")
 
 

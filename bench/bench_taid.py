@@ -22,14 +22,13 @@ float32).
 """
 import argparse
 import statistics
-import sys
 import time
 
 import torch
 
 import alif_cuda
 from alif_cuda import taid, taid_ref
-from common import copy_gbps, device_name, markdown_table, peak_extra_mb, sync, write_results
+from common import command_line, copy_gbps, device_name, markdown_table, peak_extra_mb, sync, write_results
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 PLANES = [(1, 32), (3, 32), (1, 64), (3, 64)]  # (C, H = W)
@@ -147,9 +146,8 @@ def main():
     )
     print("\n" + table)
     if not args.no_save:
-        command = "python bench/bench_taid.py " + " ".join(sys.argv[1:])
         name = "taid" if args.dtype == "float32" else f"taid_{args.dtype}"
-        path = write_results(name, device, records, table, command.strip())
+        path = write_results(name, device, records, table, command_line(__file__))
         print(f"\nwrote {path} and {path.with_suffix('.md')}")
 
 

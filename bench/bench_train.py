@@ -32,7 +32,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # models/ from the checkout
 
 import alif_cuda  # noqa: E402
-from common import device_name, markdown_table, peak_extra_mb, time_ms, write_results  # noqa: E402
+from common import command_line, device_name, markdown_table, peak_extra_mb, time_ms, write_results  # noqa: E402
 from models.classifiers import build_classifier, rate_mse_loss  # noqa: E402
 from models.train_classifier import HelpFormatter  # noqa: E402
 
@@ -198,7 +198,7 @@ def main():
     table = markdown_table(["net", "batch", "precision", "provider", "ms/step", "images/s", "peak MB"], rows)
     print("\n" + table)
     if not args.no_save and records:
-        path = write_results(args.save_as, device, records, table, ("python bench/bench_train.py " + " ".join(sys.argv[1:])).strip())
+        path = write_results(args.save_as, device, records, table, command_line(__file__))
         print(f"\nwrote {path} and {path.with_suffix('.md')}")
 
 

@@ -4,6 +4,7 @@ import json
 import platform
 import re
 import statistics
+import sys
 import time
 from pathlib import Path
 from typing import Optional
@@ -97,6 +98,12 @@ def markdown_table(columns, rows) -> str:
     lines = ["| " + " | ".join(columns) + " |", "|" + "|".join("---" for _ in columns) + "|"]
     lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
     return "\n".join(lines)
+
+
+def command_line(script: str) -> str:
+    """The command that ran `script` (a bench/ file's __file__), relative to the checkout, for the
+    results' header."""
+    return ("python bench/" + Path(script).name + " " + " ".join(sys.argv[1:])).strip()
 
 
 def write_results(name: str, device: torch.device, records, markdown: str, command: str) -> Path:
