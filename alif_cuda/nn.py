@@ -8,9 +8,9 @@ import torch
 from torch import Tensor, nn
 
 from .ops import alif, taid
-from .reference import alif_ref, check_alif_options, check_taid_options, resolve_alpha, taid_ref
-
-TAU_PARAMS = ("sigmoid", "direct")
+from .reference import (
+    TAU_PARAMS, alif_ref, check_alif_options, check_taid_options, resolve_alpha, taid_ref,
+)
 STEP_MODES = ("m", "s")
 
 _use_reference = False
@@ -189,11 +189,13 @@ class ALIF(nn.Module):
                 f"{tuple(x.shape[1:])}; call reset() (or SpikingJelly's functional.reset_net) when "
                 f"the batch or layer size changes"
             )
+        # tau_raw as stored: with tau_param="sigmoid" the op applies the sigmoid (and its
+        # derivative) itself, so the layer is alif_fwd and alif_bwd and nothing else.
         out = (alif_ref if _use_reference else alif)(
-            x, self.tau, self.v_th, u0,
+            x, self.tau_raw, self.v_th, u0,
             surrogate=self.surrogate, width=self.width, alpha=self.alpha,
             reset=self.reset_mode, detach_reset=self.detach_reset, decay_input=self.decay_input,
-            return_state=keep,
+            return_state=keep, tau_param=self.tau_param,
         )
         if keep:
             spikes, self.state = out

@@ -95,7 +95,7 @@ def _alif_step_shape(x, steps):
 
 @torch.library.register_fake("alif_cuda::alif")
 def _alif_fake(x, tau, v_th, u0, steps, reset, detach_reset, surrogate, width, alpha, decay_input=False,
-               need_state=True):
+               need_state=True, tau_logit=False):
     _check_devices("alif", "x", x, tau=tau, v_th=v_th, u0=u0)
     step_shape, T = _alif_step_shape(x, steps)
     return x.new_empty((T, *step_shape)), x.new_empty(step_shape if need_state else (0,))
@@ -118,7 +118,7 @@ def _alif_fwd_outputs(x, tau, v_th, u0, steps, state_rows, need_state=True):
 @torch.library.register_fake("alif_cuda::alif_fwd")
 def _alif_fwd_fake(
     x, tau, v_th, u0, steps, reset, checkpoint, detach_reset, surrogate, width, alpha, decay_input=False,
-    need_state=True,
+    need_state=True, tau_logit=False,
 ):
     T = steps if steps is not None else x.shape[0]
     n_ckpt = (T - 1) // CHUNK if checkpoint and steps is None else 0
@@ -128,7 +128,7 @@ def _alif_fwd_fake(
 @torch.library.register_fake("alif_cuda::alif_bwd")
 def _alif_bwd_fake(
     grad_spikes, grad_u_last, x, u_ckpt, steps, tau, v_th, u0, reset, detach_reset, surrogate,
-    width, alpha, need_grad_u0, decay_input=False,
+    width, alpha, need_grad_u0, decay_input=False, tau_logit=False,
 ):
     _check_devices(
         "alif_bwd", "x", x, grad_spikes=grad_spikes, grad_u_last=grad_u_last, u_ckpt=u_ckpt,
@@ -220,6 +220,7 @@ def alif(
     detach_reset: bool = False,
     decay_input: bool = False,
     return_state: bool = False,
+    tau_param: str = "direct",
 ) -> Union[Tensor, Tuple[Tensor, Tensor]]:
     """Adaptive leaky integrate-and-fire neurons over T time steps, fused in one kernel.
 
@@ -229,6 +230,8 @@ def alif(
        ``y.unsqueeze(0).expand(T, *y.shape)``) is read once and its gradient is the sum over time,
        without materialising T copies.
     tau, v_th: () or (C,) with C = x.shape[2] (per channel), or Python floats.
+       tau_param="sigmoid": tau holds logit(tau); the kernels take sigmoid(tau) as they load it and
+       return dL/dlogit (ALIF's default parameterisation, with no elementwise ops around the op).
     u0: (B, ...) initial state in x's dtype, or None for zeros.
 
     For t = 0..T-1, with u_{-1} = u0:
@@ -250,7 +253,7 @@ def alif(
     :func:`alif_cuda.reference.alif_ref`.
     """
     alpha = resolve_alpha(surrogate, alpha)
-    check_alif_options(surrogate, width, alpha, reset)
+    check_alif_options(surrogate, width, alpha, reset, tau_param)
     if not isinstance(x, Tensor):
         raise TypeError(f"alif: x must be a Tensor, got {type(x).__name__}")
     _check_device(x)
@@ -263,7 +266,7 @@ def alif(
     steps = x.shape[0] if static is not None else None
     spikes, u_last = torch.ops.alif_cuda.alif(
         static if static is not None else x, tau, v_th, u0, steps, reset, detach_reset, surrogate,
-        float(width), float(alpha), bool(decay_input), bool(return_state),
+        float(width), float(alpha), bool(decay_input), bool(return_state), tau_param == "sigmoid",
     )
     return (spikes, u_last) if return_state else spikes
 

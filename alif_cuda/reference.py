@@ -11,6 +11,8 @@ from torch import Tensor
 
 SURROGATES = ("rect", "atan", "sigmoid")
 RESETS = ("hard", "soft")
+# How tau is given: "direct", tau itself; "sigmoid", logit(tau) (the op applies the sigmoid).
+TAU_PARAMS = ("direct", "sigmoid")
 # alpha=None means the surrogate's default: SpikingJelly's ATan(alpha=2) and Sigmoid(alpha=4).
 DEFAULT_ALPHA = {"rect": 2.0, "atan": 2.0, "sigmoid": 4.0}
 
@@ -22,8 +24,12 @@ def resolve_alpha(surrogate: str, alpha: Optional[float]) -> float:
     return DEFAULT_ALPHA.get(surrogate, 2.0)
 
 
-def check_alif_options(surrogate: str, width: float, alpha: float, reset: str) -> None:
-    """Raise ValueError for an unknown surrogate/reset or a non-positive width/alpha."""
+def check_alif_options(
+    surrogate: str, width: float, alpha: float, reset: str, tau_param: str = "direct"
+) -> None:
+    """Raise ValueError for an unknown surrogate/reset/tau_param or a non-positive width/alpha."""
+    if tau_param not in TAU_PARAMS:
+        raise ValueError(f"alif: tau_param must be one of {TAU_PARAMS}, got {tau_param!r}")
     if surrogate not in SURROGATES:
         raise ValueError(f"alif: surrogate must be one of {SURROGATES}, got {surrogate!r}")
     if reset not in RESETS:
@@ -76,6 +82,7 @@ def alif_ref(
     detach_reset: bool = False,
     decay_input: bool = False,
     return_state: bool = False,
+    tau_param: str = "direct",
 ):
     """Adaptive LIF over T steps, as an explicit loop.
 
@@ -85,16 +92,19 @@ def alif_ref(
         h_t = tau * u_{t-1} + x_t                  (decay_input: + (1 - tau) * x_t)
         o_t = H(h_t - v_th)                        (surrogate gradient in backward)
         u_t = h_t * (1 - o_t)  (hard)   |   u_t = h_t - v_th * o_t  (soft)
-    o_t in the reset term is detached when detach_reset. Returns spikes (T, B, ...), and the final
-    state u_{T-1} (B, ...) too when return_state.
+    o_t in the reset term is detached when detach_reset. tau_param="sigmoid": the tau given is
+    logit(tau), and tau = sigmoid(it). Returns spikes (T, B, ...), and the final state u_{T-1}
+    (B, ...) too when return_state.
     """
     alpha = resolve_alpha(surrogate, alpha)
-    check_alif_options(surrogate, width, alpha, reset)
+    check_alif_options(surrogate, width, alpha, reset, tau_param)
     param_dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
     tau, v_th = (
         p if isinstance(p, Tensor) else torch.tensor(float(p), dtype=param_dtype, device=x.device)
         for p in (tau, v_th)
     )
+    if tau_param == "sigmoid":
+        tau = torch.sigmoid(tau)
     step_dims = x.dim() - 1
     tau_b = _per_channel_view(tau, step_dims)
     vth_b = _per_channel_view(v_th, step_dims)

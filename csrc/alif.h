@@ -20,7 +20,7 @@ AlifParams make_alif_fwd_params(const at::Tensor& x, const at::Tensor& tau,
                                 const at::Tensor& v_th, const std::optional<at::Tensor>& u0,
                                 std::optional<int64_t> steps, std::string_view reset,
                                 bool detach_reset, std::string_view surrogate, double width,
-                                double alpha, bool decay_input = false);
+                                double alpha, bool decay_input = false, bool tau_logit = false);
 
 // The same for alif_bwd: geometry from x (and steps when static), gradients checked against it.
 AlifParams make_alif_bwd_params(const std::optional<at::Tensor>& grad_spikes,
@@ -30,7 +30,7 @@ AlifParams make_alif_bwd_params(const std::optional<at::Tensor>& grad_spikes,
                                 const at::Tensor& v_th, const std::optional<at::Tensor>& u0,
                                 std::string_view reset, bool detach_reset,
                                 std::string_view surrogate, double width, double alpha,
-                                bool decay_input);
+                                bool decay_input, bool tau_logit);
 
 struct AlifFwdOutputs {
   at::Tensor spikes, u_last, u_ckpt;

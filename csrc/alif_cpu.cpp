@@ -108,15 +108,35 @@ void check_finite(const char* who, const char* name, const at::Tensor& param, co
   }
 }
 
-// tau and v_th as contiguous tensors of the math dtype, checked finite.
+// tau and v_th as contiguous tensors of the math dtype, checked finite; tau = sigmoid(the given
+// values) when the op was given logit(tau) (the CUDA kernels apply the same tau_from_logit as they
+// load it).
 template <typename acc_t>
-std::pair<at::Tensor, at::Tensor> math_params(const char* who, const at::Tensor& tau,
-                                              const at::Tensor& v_th) {
+std::pair<at::Tensor, at::Tensor> math_params(const char* who, const AlifParams& p,
+                                              const at::Tensor& tau, const at::Tensor& v_th) {
   const auto acc = c10::CppTypeToScalarType<acc_t>::value;
   at::Tensor tau_c = tau.to(acc).contiguous(), vth_c = v_th.to(acc).contiguous();
   check_finite<acc_t>(who, "tau", tau, tau_c);
   check_finite<acc_t>(who, "v_th", v_th, vth_c);
+  if (p.tau_logit) {
+    at::Tensor logits = tau_c;  // may be the caller's tensor itself: write a new one
+    tau_c = at::empty(logits.sizes(), logits.options());
+    const acc_t* z = logits.data_ptr<acc_t>();
+    acc_t* t = tau_c.data_ptr<acc_t>();
+    for (int64_t i = 0; i < tau_c.numel(); ++i) t[i] = tau_from_logit<acc_t, acc_t>(z[i]);
+  }
   return {tau_c, vth_c};
+}
+
+// With tau_logit, dL/dlogit = dL/dtau * tau (1 - tau): applied to the (C,) or (1,) sums.
+template <typename acc_t>
+void chain_tau_logit(const AlifParams& p, const at::Tensor& tau_c, const at::Tensor& sum_tau) {
+  if (!p.tau_logit) return;
+  const acc_t* t = tau_c.data_ptr<acc_t>();
+  acc_t* s = sum_tau.data_ptr<acc_t>();
+  for (int64_t c = 0; c < sum_tau.numel(); ++c) {
+    s[c] = s[c] * logit_slope(t[p.tau_per_channel ? c : 0]);
+  }
 }
 
 #define ALIF_DISPATCH_CPU(type, name, ...) \
@@ -126,15 +146,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> alif_fwd_cpu(
     const at::Tensor& x, const at::Tensor& tau, const at::Tensor& v_th,
     const std::optional<at::Tensor>& u0, std::optional<int64_t> steps, std::string_view reset,
     bool checkpoint, bool detach_reset, std::string_view surrogate, double width, double alpha,
-    bool decay_input, bool need_state) {
+    bool decay_input, bool need_state, bool tau_logit) {
   const AlifParams p = make_alif_fwd_params(x, tau, v_th, u0, steps, reset, detach_reset,
-                                            surrogate, width, alpha, decay_input);
+                                            surrogate, width, alpha, decay_input, tau_logit);
   AlifFwdOutputs out = alloc_alif_fwd(x, p, checkpoint, need_state);
   const at::Tensor xc = x.contiguous();
   const at::Tensor u0c = u0.has_value() ? u0->contiguous() : at::Tensor();
   ALIF_DISPATCH_CPU(x.scalar_type(), "alif_fwd_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    const auto [tau_c, vth_c] = math_params<acc_t>("alif", tau, v_th);
+    const auto [tau_c, vth_c] = math_params<acc_t>("alif", p, tau, v_th);
     const AlifPtrs<scalar_t> q = alif_fwd_ptrs<scalar_t>(xc, u0c, tau_c, vth_c, out);
     with_value_type<scalar_t>([&](auto tag) {
                                 if constexpr (std::is_same_v<decltype(tag), Avx512Tag>) {
@@ -153,17 +173,17 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> alif_bwd_cpu(
     const at::Tensor& x, const std::optional<at::Tensor>& u_ckpt, std::optional<int64_t> steps,
     const at::Tensor& tau, const at::Tensor& v_th, const std::optional<at::Tensor>& u0,
     std::string_view reset, bool detach_reset, std::string_view surrogate, double width,
-    double alpha, bool need_grad_u0, bool decay_input) {
+    double alpha, bool need_grad_u0, bool decay_input, bool tau_logit) {
   const AlifParams p = make_alif_bwd_params(grad_spikes, grad_u_last, x, u_ckpt, steps, tau, v_th,
                                             u0, reset, detach_reset, surrogate, width, alpha,
-                                            decay_input);
+                                            decay_input, tau_logit);
   const AlifBwdBuffers buf =
       prepare_alif_bwd(p, grad_spikes, grad_u_last, x, u_ckpt, u0, need_grad_u0);
   at::Tensor grad_tau, grad_vth;
   ALIF_DISPATCH_CPU(x.scalar_type(), "alif_bwd_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     const auto acc_opts = x.options().dtype(c10::CppTypeToScalarType<acc_t>::value);
-    const auto [tau_c, vth_c] = math_params<acc_t>("alif_bwd", tau, v_th);
+    const auto [tau_c, vth_c] = math_params<acc_t>("alif_bwd", p, tau, v_th);
     // Where the per-neuron tau/v_th terms go: with per-channel parameters a (2, N) buffer summed
     // per channel below; with scalar ones, the kernel's per-block double sums (kCpuSumBlock).
     const bool per_channel = p.tau_per_channel || p.vth_per_channel;
@@ -188,6 +208,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> alif_bwd_cpu(
                               [&](auto v) { isa_default::run_alif_bwd<decltype(v)>(p, q); });
     if (per_channel) {
       const auto [sum_tau, sum_vth] = sum_per_channel(p, q.dtau_n, q.dvth_n, acc_opts);
+      chain_tau_logit<acc_t>(p, tau_c, sum_tau);
       grad_tau = param_grad(sum_tau, tau);
       grad_vth = param_grad(sum_vth, v_th);
     } else {
@@ -199,6 +220,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> alif_bwd_cpu(
       at::Tensor sum_tau = at::empty({1}, acc_opts), sum_vth = at::empty({1}, acc_opts);
       sum_tau.data_ptr<acc_t>()[0] = acc_t(total[0]);
       sum_vth.data_ptr<acc_t>()[0] = acc_t(total[1]);
+      chain_tau_logit<acc_t>(p, tau_c, sum_tau);
       grad_tau = param_grad(sum_tau, tau);
       grad_vth = param_grad(sum_vth, v_th);
     }

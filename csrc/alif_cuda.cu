@@ -127,8 +127,10 @@ template <typename scalar_t, int L>
 __device__ __forceinline__ NeuronConsts<value_t<at::opmath_type<scalar_t>, L>> thread_consts(
     const AlifParams& p, const CudaPtrs<scalar_t>& q, int64_t n) {
   using acc_t = at::opmath_type<scalar_t>;
-  return make_consts(lane_param<L>(p, q.tau, p.tau_per_channel, n),
-                     lane_param<L>(p, q.v_th, p.vth_per_channel, n), SurrogateScalars<acc_t>(p));
+  auto tau = lane_param<L>(p, q.tau, p.tau_per_channel, n);
+  if (p.tau_logit) tau = tau_from_logit<decltype(tau), acc_t>(tau);
+  return make_consts(tau, lane_param<L>(p, q.v_th, p.vth_per_channel, n),
+                     SurrogateScalars<acc_t>(p));
 }
 
 template <typename scalar_t, int L, bool kSoft, bool kStatic, bool kDecay>
@@ -204,10 +206,18 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
-// out_a[0], out_b[0] = the sums of the (2, count) partials, in a fixed order: one block.
+// dL/dlogit from dL/dtau when the op was given logit(tau) (tau_logits non-null).
+template <typename acc_t>
+__device__ __forceinline__ acc_t chain_tau_logit(acc_t dtau, const acc_t* tau_logits, int64_t c) {
+  return tau_logits ? dtau * logit_slope(tau_from_logit<acc_t, acc_t>(tau_logits[c])) : dtau;
+}
+
+// out_a[0], out_b[0] = the sums of the (2, count) partials, in a fixed order: one block; out_a
+// times the logit chain factor of tau_logits[0] when given.
 template <typename acc_t>
 __global__ void __launch_bounds__(kFinalThreads)
-    sum_partials_kernel(const acc_t* __restrict__ partials, int64_t count, acc_t* __restrict__ out_a,
+    sum_partials_kernel(const acc_t* __restrict__ partials, int64_t count,
+                        const acc_t* __restrict__ tau_logits, acc_t* __restrict__ out_a,
                         acc_t* __restrict__ out_b) {
   acc_t a = 0, b = 0;
   for (int64_t i = threadIdx.x; i < count; i += blockDim.x) {
@@ -216,7 +226,7 @@ __global__ void __launch_bounds__(kFinalThreads)
   }
   block_sum2<acc_t, kFinalThreads>(a, b);
   if (threadIdx.x == 0) {
-    *out_a = a;
+    *out_a = chain_tau_logit(a, tau_logits, 0);
     *out_b = b;
   }
 }
@@ -246,10 +256,12 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
-// Per-channel, second pass: out_a[c], out_b[c] = the sums of channel c's slice partials.
+// Per-channel, second pass: out_a[c], out_b[c] = the sums of channel c's slice partials; out_a
+// times the logit chain factor of tau_logits[c] (or [0] for a scalar tau) when given.
 template <typename acc_t>
 __global__ void __launch_bounds__(kThreads)
     channel_final_kernel(const acc_t* __restrict__ partials, int64_t C, int64_t slices,
+                         const acc_t* __restrict__ tau_logits, bool tau_per_channel,
                          acc_t* __restrict__ out_a, acc_t* __restrict__ out_b) {
   for (int64_t c = blockIdx.x; c < C; c += gridDim.x) {
     acc_t a = 0, b = 0;
@@ -259,7 +271,7 @@ __global__ void __launch_bounds__(kThreads)
     }
     block_sum2<acc_t, kThreads>(a, b);
     if (threadIdx.x == 0) {
-      out_a[c] = a;
+      out_a[c] = chain_tau_logit(a, tau_logits, tau_per_channel ? c : 0);
       out_b[c] = b;
     }
   }
@@ -289,9 +301,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> alif_fwd_cuda(
     const at::Tensor& x, const at::Tensor& tau, const at::Tensor& v_th,
     const std::optional<at::Tensor>& u0, std::optional<int64_t> steps, std::string_view reset,
     bool checkpoint, bool detach_reset, std::string_view surrogate, double width, double alpha,
-    bool decay_input, bool need_state) {
+    bool decay_input, bool need_state, bool tau_logit) {
   const AlifParams p = make_alif_fwd_params(x, tau, v_th, u0, steps, reset, detach_reset,
-                                            surrogate, width, alpha, decay_input);
+                                            surrogate, width, alpha, decay_input, tau_logit);
   const c10::cuda::OptionalCUDAGuard guard(x.device());
   AlifFwdOutputs out = alloc_alif_fwd(x, p, checkpoint, need_state);
   if (p.N == 0) return {out.spikes, out.u_last, out.u_ckpt};
@@ -327,10 +339,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> alif_bwd_cuda(
     const at::Tensor& x, const std::optional<at::Tensor>& u_ckpt, std::optional<int64_t> steps,
     const at::Tensor& tau, const at::Tensor& v_th, const std::optional<at::Tensor>& u0,
     std::string_view reset, bool detach_reset, std::string_view surrogate, double width,
-    double alpha, bool need_grad_u0, bool decay_input) {
+    double alpha, bool need_grad_u0, bool decay_input, bool tau_logit) {
   const AlifParams p = make_alif_bwd_params(grad_spikes, grad_u_last, x, u_ckpt, steps, tau, v_th,
                                             u0, reset, detach_reset, surrogate, width, alpha,
-                                            decay_input);
+                                            decay_input, tau_logit);
   const c10::cuda::OptionalCUDAGuard guard(x.device());
   const AlifBwdBuffers buf =
       prepare_alif_bwd(p, grad_spikes, grad_u_last, x, u_ckpt, u0, need_grad_u0);
@@ -342,6 +354,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> alif_bwd_cuda(
     const auto acc_opts = x.options().dtype(c10::CppTypeToScalarType<acc_t>::value);
     const at::Tensor tau_c = tau.to(acc_opts.dtype()).contiguous();
     const at::Tensor vth_c = v_th.to(acc_opts.dtype()).contiguous();
+    // The kernels read tau_c as given (logits with tau_logit: thread_consts applies the sigmoid).
+    const acc_t* tau_logits = p.tau_logit ? tau_c.data_ptr<acc_t>() : nullptr;
     // With no neurons the sums are zero; otherwise the kernels write every entry.
     const bool empty = p.N == 0;
     at::Tensor sum_tau = empty ? at::zeros({p.C}, acc_opts) : at::empty({p.C}, acc_opts);
@@ -372,7 +386,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> alif_bwd_cuda(
       }
       if (!per_channel) {
         sum_partials_kernel<acc_t><<<1, kFinalThreads, 0, stream>>>(
-            partials_p, blocks, sum_tau.data_ptr<acc_t>(), sum_vth.data_ptr<acc_t>());
+            partials_p, blocks, tau_logits, sum_tau.data_ptr<acc_t>(), sum_vth.data_ptr<acc_t>());
         C10_CUDA_KERNEL_LAUNCH_CHECK();
       } else {
         const int64_t slices = ceil_div(p.B * p.I, kSliceValues);
@@ -382,7 +396,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> alif_bwd_cuda(
             p, q.dtau_n, q.dvth_n, slices, slice_partials.data_ptr<acc_t>());
         C10_CUDA_KERNEL_LAUNCH_CHECK();
         channel_final_kernel<acc_t><<<std::min<int64_t>(p.C, kMaxGridY), kThreads, 0, stream>>>(
-            slice_partials.data_ptr<acc_t>(), p.C, slices, sum_tau.data_ptr<acc_t>(),
+            slice_partials.data_ptr<acc_t>(), p.C, slices, tau_logits, p.tau_per_channel,
+            sum_tau.data_ptr<acc_t>(),
             sum_vth.data_ptr<acc_t>());
         C10_CUDA_KERNEL_LAUNCH_CHECK();
       }

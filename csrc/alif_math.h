@@ -52,6 +52,7 @@ struct AlifParams {
   bool static_x = false;  // x is (B, ...), the same input at every step
   bool has_u0 = false;
   bool decay_input = false;  // h_t = tau u_{t-1} + (1 - tau) x_t instead of + x_t
+  bool tau_logit = false;    // the op was given logit(tau): the neurons use sigmoid of it
   Surrogate surrogate = Surrogate::Rect;
   double width = 1.0;
   double alpha = 2.0;
@@ -192,6 +193,20 @@ ALIF_HD Lanes<T, L> exp_of(const Lanes<T, L>& a) {
   ALIF_UNROLL
   for (int l = 0; l < L; ++l) r.v[l] = exp_of(a.v[l]);
   return r;
+}
+
+// tau from its logit z (ALIF's tau_param="sigmoid", fused into the op): 1 / (1 + exp(-z)); the
+// backward's dL/dz is dL/dtau * tau (1 - tau), applied once to the reduced sums.
+template <typename V, typename acc_t>
+ALIF_HD V tau_from_logit(const V& z) {
+  const V one(acc_t(1));
+  return one / (one + exp_of(neg(z)));
+}
+
+// dtau/dz = tau (1 - tau), from tau = sigmoid(z).
+template <typename acc_t>
+ALIF_HD acc_t logit_slope(acc_t tau) {
+  return tau * (acc_t(1) - tau);
 }
 
 // ---- the neuron arithmetic ------------------------------------------------------------------

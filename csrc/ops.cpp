@@ -130,10 +130,11 @@ AlifParams make_alif_fwd_params(const at::Tensor& x, const at::Tensor& tau,
                                 const at::Tensor& v_th, const std::optional<at::Tensor>& u0,
                                 std::optional<int64_t> steps, std::string_view reset,
                                 bool detach_reset, std::string_view surrogate, double width,
-                                double alpha, bool decay_input) {
+                                double alpha, bool decay_input, bool tau_logit) {
   AlifParams p = make_alif_params("alif", x, steps, tau, v_th, u0, reset);
   p.detach_reset = detach_reset;
   p.decay_input = decay_input;
+  p.tau_logit = tau_logit;
   set_surrogate(p, surrogate, width, alpha);
   return p;
 }
@@ -169,7 +170,7 @@ AlifParams make_alif_bwd_params(const std::optional<at::Tensor>& grad_spikes,
                                 const at::Tensor& v_th, const std::optional<at::Tensor>& u0,
                                 std::string_view reset, bool detach_reset,
                                 std::string_view surrogate, double width, double alpha,
-                                bool decay_input) {
+                                bool decay_input, bool tau_logit) {
   const char* who = "alif_bwd";
   AlifParams p = make_alif_params(who, x, steps, tau, v_th, u0, reset);
   const auto step = step_shape(x, p.static_x);
@@ -189,6 +190,7 @@ AlifParams make_alif_bwd_params(const std::optional<at::Tensor>& grad_spikes,
   }
   p.detach_reset = detach_reset;
   p.decay_input = decay_input;
+  p.tau_logit = tau_logit;
   set_surrogate(p, surrogate, width, alpha);
   return p;
 }
@@ -413,13 +415,15 @@ TORCH_LIBRARY(alif_cuda, m) {
   m.def(
       "alif(Tensor x, Tensor tau, Tensor v_th, Tensor? u0, int? steps, str reset, "
       "bool detach_reset, str surrogate, float width, float alpha, bool decay_input=False, "
-      "bool need_state=True) -> (Tensor, Tensor)");
+      "bool need_state=True, bool tau_logit=False) -> (Tensor, Tensor)");
   // taid: y (B, C, H, W) in s's dtype and the attention A (T, B, C, math dtype, not
   // differentiable).
   m.def("taid(Tensor s, Tensor w, str reduce) -> (Tensor, Tensor)");
 
   // need_state=False: nobody wants u_last, which is then an empty (0,) tensor and not written
-  // (4 / T bytes per neuron-step saved); alif() passes return_state.
+  // (4 / T bytes per neuron-step saved); alif() passes return_state. tau_logit=True: tau holds
+  // logit(tau) and the kernels use sigmoid(tau) (ALIF's default tau_param="sigmoid" without two
+  // elementwise ops and their launches around the op); the gradient is then dL/dlogit.
   //
   // The kernels. alif_fwd returns spikes, u_last (empty unless need_state) and, when checkpoint is true, x is time-major
   // and T > kChunk (8), u_ckpt ((T - 1) // 8, B, ...) in float32 (float64 for float64 x): the
@@ -429,7 +433,8 @@ TORCH_LIBRARY(alif_cuda, m) {
   m.def(
       "alif_fwd(Tensor x, Tensor tau, Tensor v_th, Tensor? u0, int? steps, str reset, "
       "bool checkpoint, bool detach_reset, str surrogate, float width, float alpha, "
-      "bool decay_input=False, bool need_state=True) -> (Tensor, Tensor, Tensor)");
+      "bool decay_input=False, bool need_state=True, bool tau_logit=False) "
+      "-> (Tensor, Tensor, Tensor)");
   // BPTT of alif_fwd from x itself: each chunk of steps is replayed from x, then walked back.
   // Absent grad_spikes / grad_u_last are zero. Returns dL/dx (x's shape: (B, ...) summed over
   // time for a static x), dL/dtau, dL/dv_th (their shapes and dtypes) and dL/du0 (empty unless
@@ -437,8 +442,8 @@ TORCH_LIBRARY(alif_cuda, m) {
   m.def(
       "alif_bwd(Tensor? grad_spikes, Tensor? grad_u_last, Tensor x, Tensor? u_ckpt, int? steps, "
       "Tensor tau, Tensor v_th, Tensor? u0, str reset, bool detach_reset, str surrogate, "
-      "float width, float alpha, bool need_grad_u0, bool decay_input=False) "
-      "-> (Tensor, Tensor, Tensor, Tensor)");
+      "float width, float alpha, bool need_grad_u0, bool decay_input=False, "
+      "bool tau_logit=False) -> (Tensor, Tensor, Tensor, Tensor)");
   // The legacy saved-h kernels (alif_legacy.h), used by alif when ALIF_CUDA_LEGACY_KERNELS=1
   // for the configurations they have (no decay_input, no sigmoid surrogate; others run on the
   // kernels above):
@@ -494,7 +499,7 @@ c10::TypedOperatorHandle<Sig> op_handle(const char* name) {
 using AlifFwdSig = std::tuple<at::Tensor, at::Tensor, at::Tensor>(
     const at::Tensor&, const at::Tensor&, const at::Tensor&, const std::optional<at::Tensor>&,
     std::optional<int64_t>, std::string_view, bool, bool, std::string_view, double, double, bool,
-    bool);
+    bool, bool);
 using AlifFwdSavedHSig = std::tuple<at::Tensor, at::Tensor, at::Tensor>(
     const at::Tensor&, const at::Tensor&, const at::Tensor&, const std::optional<at::Tensor>&,
     std::optional<int64_t>, std::string_view, bool, bool, std::string_view, double, double);
@@ -502,7 +507,7 @@ using AlifBwdSig = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor>(
     const std::optional<at::Tensor>&, const std::optional<at::Tensor>&, const at::Tensor&,
     const std::optional<at::Tensor>&, std::optional<int64_t>, const at::Tensor&, const at::Tensor&,
     const std::optional<at::Tensor>&, std::string_view, bool, std::string_view, double, double,
-    bool, bool);
+    bool, bool, bool);
 using AlifBwdSavedHSig = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor>(
     const at::Tensor&, const std::optional<at::Tensor>&, const std::optional<at::Tensor>&,
     const std::optional<at::Tensor>&, const at::Tensor&, const at::Tensor&,
@@ -520,8 +525,8 @@ std::optional<at::Tensor> opt(const at::Tensor& t) {
 }
 
 // Whether this call runs the legacy kernels: selected, and a configuration they have.
-bool legacy_for(std::string_view surrogate, bool decay_input) {
-  return use_legacy_kernels() && !decay_input && surrogate != "sigmoid";
+bool legacy_for(std::string_view surrogate, bool decay_input, bool tau_logit) {
+  return use_legacy_kernels() && !decay_input && !tau_logit && surrogate != "sigmoid";
 }
 
 // The forward without autograd; `for_backward` asks for what the backward needs (checkpoints,
@@ -530,17 +535,17 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> alif_forward(
     const at::Tensor& x, const at::Tensor& tau, const at::Tensor& v_th,
     const std::optional<at::Tensor>& u0, std::optional<int64_t> steps, std::string_view reset,
     bool for_backward, bool detach_reset, std::string_view surrogate, double width,
-    double alpha, bool decay_input, bool need_state) {
+    double alpha, bool decay_input, bool need_state, bool tau_logit) {
   static const auto fwd = op_handle<AlifFwdSig>("alif_cuda::alif_fwd");
   static const auto fwd_saved_h = op_handle<AlifFwdSavedHSig>("alif_cuda::alif_fwd_saved_h");
-  if (legacy_for(surrogate, decay_input)) {
+  if (legacy_for(surrogate, decay_input, tau_logit)) {
     auto out = fwd_saved_h.call(x, tau, v_th, u0, steps, reset, for_backward, detach_reset,
                                 surrogate, width, alpha);
     if (!need_state) std::get<1>(out) = at::empty({0}, x.options());  // the legacy kernels write it
     return out;
   }
   return fwd.call(x, tau, v_th, u0, steps, reset, for_backward, detach_reset, surrogate, width,
-                  alpha, decay_input, need_state);
+                  alpha, decay_input, need_state, tau_logit);
 }
 
 struct AlifFunction : public torch::autograd::Function<AlifFunction> {
@@ -548,11 +553,11 @@ struct AlifFunction : public torch::autograd::Function<AlifFunction> {
                                const at::Tensor& v_th, const std::optional<at::Tensor>& u0,
                                std::optional<int64_t> steps, std::string_view reset,
                                bool detach_reset, std::string_view surrogate, double width,
-                               double alpha, bool decay_input, bool need_state) {
+                               double alpha, bool decay_input, bool need_state, bool tau_logit) {
     at::AutoDispatchBelowADInplaceOrView guard;
     auto [spikes, u_last, state] =
         alif_forward(x, tau, v_th, u0, steps, reset, true, detach_reset, surrogate, width, alpha,
-                     decay_input, need_state);
+                     decay_input, need_state, tau_logit);
     // Saved: x itself (never a copy; autograd's version counter guards it), the parameters,
     // u0, and the checkpoints (empty for T <= 8) or, from the legacy kernels, h.
     ctx->save_for_backward({x, tau, v_th, u0.value_or(at::Tensor()), state});
@@ -564,6 +569,7 @@ struct AlifFunction : public torch::autograd::Function<AlifFunction> {
     ctx->saved_data["alpha"] = alpha;
     ctx->saved_data["decay_input"] = decay_input;
     ctx->saved_data["need_state"] = need_state;
+    ctx->saved_data["tau_logit"] = tau_logit;
     ctx->set_materialize_grads(false);
     return {spikes, u_last};
   }
@@ -577,7 +583,7 @@ struct AlifFunction : public torch::autograd::Function<AlifFunction> {
     const at::Tensor& g_spikes = grads[0];
     // Without need_state u_last is an empty stand-in: whatever gradient it got is no gradient.
     const at::Tensor g_u_last = ctx->saved_data.at("need_state").toBool() ? grads[1] : at::Tensor();
-    variable_list out(12);
+    variable_list out(13);  // one per forward argument
     if (!g_spikes.defined() && !g_u_last.defined()) return out;
     const auto& d = ctx->saved_data;
     const c10::IValue& steps_v = d.at("steps");
@@ -587,9 +593,10 @@ struct AlifFunction : public torch::autograd::Function<AlifFunction> {
     const bool detach = d.at("detach_reset").toBool();
     const double width = d.at("width").toDouble(), alpha = d.at("alpha").toDouble();
     const bool decay_input = d.at("decay_input").toBool();
+    const bool tau_logit = d.at("tau_logit").toBool();
     const bool need_grad_u0 = u0.defined() && ctx->needs_input_grad(3);
     std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> r;
-    if (legacy_for(surrogate, decay_input)) {
+    if (legacy_for(surrogate, decay_input, tau_logit)) {
       const bool stat = steps.has_value();
       // The legacy backward needs grad_spikes: zeros when the spikes got no gradient.
       std::vector<int64_t> seq = x.sizes().vec();
@@ -600,7 +607,7 @@ struct AlifFunction : public torch::autograd::Function<AlifFunction> {
                            surrogate, width, alpha, need_grad_u0);
     } else {
       r = bwd.call(opt(g_spikes), opt(g_u_last), x, opt(state), steps, tau, v_th, opt(u0), reset,
-                   detach, surrogate, width, alpha, need_grad_u0, decay_input);
+                   detach, surrogate, width, alpha, need_grad_u0, decay_input, tau_logit);
     }
     out[0] = std::get<0>(r);
     out[1] = std::get<1>(r);
@@ -621,17 +628,17 @@ std::tuple<at::Tensor, at::Tensor> alif_autograd(
     const at::Tensor& x, const at::Tensor& tau, const at::Tensor& v_th,
     const std::optional<at::Tensor>& u0, std::optional<int64_t> steps, std::string_view reset,
     bool detach_reset, std::string_view surrogate, double width, double alpha,
-    bool decay_input, bool need_state) {
+    bool decay_input, bool need_state, bool tau_logit) {
   const at::Tensor u0_t = u0.value_or(at::Tensor());
   if (!at::GradMode::is_enabled() || !any_requires_grad({&x, &tau, &v_th, &u0_t})) {
     at::AutoDispatchBelowADInplaceOrView guard;
     auto [spikes, u_last, state] =
         alif_forward(x, tau, v_th, u0, steps, reset, false, detach_reset, surrogate, width, alpha,
-                     decay_input, need_state);
+                     decay_input, need_state, tau_logit);
     return {spikes, u_last};
   }
   const auto out = AlifFunction::apply(x, tau, v_th, u0, steps, reset, detach_reset, surrogate,
-                                       width, alpha, decay_input, need_state);
+                                       width, alpha, decay_input, need_state, tau_logit);
   return {out[0], out[1]};
 }
 
@@ -640,9 +647,10 @@ std::tuple<at::Tensor, at::Tensor> alif_no_grad(
     const at::Tensor& x, const at::Tensor& tau, const at::Tensor& v_th,
     const std::optional<at::Tensor>& u0, std::optional<int64_t> steps, std::string_view reset,
     bool detach_reset, std::string_view surrogate, double width, double alpha,
-    bool decay_input, bool need_state) {
+    bool decay_input, bool need_state, bool tau_logit) {
   auto [spikes, u_last, state] = alif_forward(x, tau, v_th, u0, steps, reset, false, detach_reset,
-                                              surrogate, width, alpha, decay_input, need_state);
+                                              surrogate, width, alpha, decay_input, need_state,
+                                              tau_logit);
   return {spikes, u_last};
 }
 
@@ -736,7 +744,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> alif_bwd_autograd(
     const at::Tensor& x, const std::optional<at::Tensor>& u_ckpt, std::optional<int64_t> steps,
     const at::Tensor& tau, const at::Tensor& v_th, const std::optional<at::Tensor>& u0,
     std::string_view reset, bool detach_reset, std::string_view surrogate, double width,
-    double alpha, bool need_grad_u0, bool decay_input) {
+    double alpha, bool need_grad_u0, bool decay_input, bool tau_logit) {
   static const auto bwd = op_handle<AlifBwdSig>("alif_cuda::alif_bwd");
   const auto out = run_backward_op<kAlifBwd>(
       {grad_spikes.value_or(at::Tensor()), grad_u_last.value_or(at::Tensor()), x, tau, v_th,
@@ -744,7 +752,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> alif_bwd_autograd(
       [&] {
         at::AutoDispatchBelowADInplaceOrView guard;
         return to_list(bwd.call(grad_spikes, grad_u_last, x, u_ckpt, steps, tau, v_th, u0, reset,
-                                detach_reset, surrogate, width, alpha, need_grad_u0, decay_input),
+                                detach_reset, surrogate, width, alpha, need_grad_u0, decay_input,
+                                tau_logit),
                        std::make_index_sequence<4>{});
       });
   return {out[0], out[1], out[2], out[3]};

@@ -163,6 +163,52 @@ def test_alif_mixed_parameter_shapes(device):
     check_against_reference(x, v_th.detach().clone().requires_grad_(), tau, u0, x, {}, torch.float64)
 
 
+def as_logit(tau):
+    """The leaf logit(tau) of a tau in (0, 1): what tau_param="sigmoid" takes."""
+    return torch.logit(tau.detach()).requires_grad_()
+
+
+TAU_LOGIT_OPTIONS = [("rect", "hard", False), ("atan", "soft", False), ("sigmoid", "hard", True)]
+
+
+@pytest.mark.parametrize("device,dtype", device_dtype_params())
+@pytest.mark.parametrize("T", [1, 7, 33])
+@pytest.mark.parametrize("per_channel", [False, True], ids=["scalar", "chan"])
+@pytest.mark.parametrize("surrogate,reset,decay_input", TAU_LOGIT_OPTIONS,
+                         ids=["rect-hard", "atan-soft", "sigmoid-hard-decay"])
+def test_alif_tau_logit_matches_reference(device, dtype, T, per_channel, surrogate, reset, decay_input):
+    """tau_param="sigmoid": the kernels apply the sigmoid to the given logit and return
+    dL/dlogit, time-major and static, against alif_ref with the same option."""
+    opts = dict(surrogate=surrogate, reset=reset, decay_input=decay_input, tau_param="sigmoid")
+    x, tau, v_th, u0 = make_inputs(T, (3, 5, 7), device, dtype, per_channel)
+    check_against_reference(x, as_logit(tau), v_th, u0, x, opts, dtype)
+    x, tau, v_th, u0 = make_inputs(T, (3, 4, 5), device, dtype, per_channel, static=True, seed=1)
+    check_against_reference(x, as_logit(tau), v_th, u0, x.unsqueeze(0).expand(T, *x.shape), opts, dtype)
+
+
+@pytest.mark.parametrize("device", device_params())
+def test_alif_tau_logit_mixed_parameter_shapes(device):
+    """A scalar logit with a per-channel v_th (the chain factor of tau[0] on every channel's sum),
+    and a per-channel logit with a scalar v_th; an empty batch gives zero gradients."""
+    opts = {"tau_param": "sigmoid"}
+    x, tau_c, v_th_c, u0 = make_inputs(12, (2, 3, 4), device, torch.float64, True)
+    _, tau_s, v_th_s, _ = make_inputs(12, (2, 3, 4), device, torch.float64, False)
+    check_against_reference(x, as_logit(tau_s), v_th_c, u0, x, opts, torch.float64)
+    check_against_reference(x, as_logit(tau_c), v_th_s, u0, x, opts, torch.float64)
+    empty = torch.zeros(3, 0, 3, 4, dtype=torch.float64, device=device, requires_grad=True)
+    logit = as_logit(tau_c)
+    grads = torch.autograd.grad(alif(empty, logit, v_th_c, tau_param="sigmoid").sum(), (empty, logit))
+    assert torch.equal(grads[1], torch.zeros_like(logit))
+
+
+def test_alif_tau_param_is_checked():
+    x = torch.randn(2, 3)
+    with pytest.raises(ValueError, match="tau_param must be one of"):
+        alif(x, 0.3, 0.2, tau_param="exp")
+    with pytest.raises(ValueError, match="tau_param must be one of"):
+        alif_ref(x, 0.3, 0.2, tau_param="exp")
+
+
 @pytest.mark.parametrize("device", device_params())
 def test_static_input_saves_nothing_per_step(device):
     T, step = 8, (4, 3, 5)
@@ -229,6 +275,11 @@ def test_opcheck(device, static, T):
     fwd_args = (x, tau, v_th, u0, steps, "hard", True, False, "rect", 1.0, 2.0)
     torch.library.opcheck(torch.ops.alif_cuda.alif_fwd, fwd_args)
     torch.library.opcheck(torch.ops.alif_cuda.alif_fwd, (*fwd_args, False, False))
+    # tau given as a logit (ALIF's tau_param="sigmoid"), forward and backward
+    torch.library.opcheck(
+        torch.ops.alif_cuda.alif, (x, tau, v_th, u0, steps, "soft", False, "atan", 1.0, 2.0, False, True, True)
+    )
+    torch.library.opcheck(torch.ops.alif_cuda.alif_fwd, (*fwd_args, False, True, True))
     torch.library.opcheck(torch.ops.alif_cuda.alif_fwd_saved_h, fwd_args)
     with torch.no_grad():
         spikes, u_last, u_ckpt = torch.ops.alif_cuda.alif_fwd(*fwd_args)
@@ -240,6 +291,10 @@ def test_opcheck(device, static, T):
             torch.ops.alif_cuda.alif_bwd,
             (*grads, x_d, u_ckpt, steps, tau_d, v_th_d, u0_d, "hard", True, "atan", 1.0, 2.0, True),
         )
+    torch.library.opcheck(
+        torch.ops.alif_cuda.alif_bwd,
+        (g, g_u, x_d, u_ckpt, steps, tau_d, v_th_d, u0_d, "hard", True, "atan", 1.0, 2.0, True, False, True),
+    )
     torch.library.opcheck(
         torch.ops.alif_cuda.alif_bwd_saved_h,
         (g, g_u, None if static else h, x_d if static else None, tau_d, v_th_d, u0_d,

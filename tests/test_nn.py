@@ -19,11 +19,19 @@ def test_module_matches_reference_and_learns(device, tau_param, per_channel):
     torch.testing.assert_close(neuron.tau, torch.full(neuron.tau.shape, 0.3, device=device))
     x = torch.randn(6, 2, 3, 4, device=device)
     out = neuron(x)
-    want = alif_ref(x, neuron.tau, neuron.v_th, surrogate="atan", reset="soft", detach_reset=True)
+    # The reference with the parameterisation outside the op: tau = sigmoid(tau_raw) by autograd.
+    tau_raw = neuron.tau_raw.detach().clone().requires_grad_()
+    v_th = neuron.v_th.detach().clone().requires_grad_()
+    tau = torch.sigmoid(tau_raw) if tau_param == "sigmoid" else tau_raw
+    want = alif_ref(x, tau, v_th, surrogate="atan", reset="soft", detach_reset=True)
     assert torch.equal(out, want)
-    out.sum().backward()
-    assert neuron.tau_raw.grad is not None and neuron.tau_raw.grad.shape == neuron.tau_raw.shape
-    assert neuron.v_th.grad is not None and torch.isfinite(neuron.v_th.grad).all()
+    g = torch.randn(out.shape, device=device)
+    (out * g).sum().backward()
+    (want * g).sum().backward()
+    assert neuron.tau_raw.grad.shape == neuron.tau_raw.shape
+    torch.testing.assert_close(neuron.tau_raw.grad, tau_raw.grad, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(neuron.v_th.grad, v_th.grad, rtol=1e-4, atol=1e-5)
+    assert tau_raw.grad.abs().max() > 0 and v_th.grad.abs().max() > 0
 
 
 def test_fixed_neuron_has_no_parameters():
