@@ -70,37 +70,39 @@ def _config_reason(node: neuron.BaseNode) -> Optional[str]:
     return _surrogate_or_reason(node.surrogate_function)[1]
 
 
-def _channel_decay(w: Tensor, x_seq: Tensor) -> Optional[Tensor]:
-    """sigmoid(-w) as alif takes tau, () or (C,) with C = x_seq.shape[2], when w broadcasts over one
-    step [N, C, ...] as one value or one per channel; None for any other shape."""
+def _channel_decay_logit(w: Tensor, x_seq: Tensor) -> Optional[Tensor]:
+    """-w, the logit of tau = sigmoid(-w), shaped as alif takes tau ((), or (C,) with
+    C = x_seq.shape[2]) when w broadcasts over one step [N, C, ...] as one value or one per
+    channel; None for any other shape. alif applies the sigmoid itself (tau_param="sigmoid")."""
     if w.numel() == 1:
-        return torch.sigmoid(-w).reshape(())
+        return (-w).reshape(())
     step_dims = x_seq.dim() - 1
     if step_dims < 2 or w.dim() > step_dims:
         return None
     shape = (1,) * (step_dims - w.dim()) + tuple(w.shape)
     if shape[0] != 1 or shape[1] != x_seq.shape[2] or any(s != 1 for s in shape[2:]):
         return None
-    return torch.sigmoid(-w).reshape(-1)
+    return (-w).reshape(-1)
 
 
 class _FusedMultiStep:
     """The multi-step forward on the fused op; any case it does not cover runs SpikingJelly's."""
 
-    def _decay(self, x_seq: Tensor) -> Union[float, Tensor, None]:
-        """This node's tau for alif, or None when it cannot be fused for x_seq; each fused node
-        class defines it (the mixin is never used alone)."""
+    def _decay(self, x_seq: Tensor) -> Optional[Tuple[Union[float, Tensor], str]]:
+        """This node's tau for alif and how it is given (alif's tau_param), or None when it cannot
+        be fused for x_seq; each fused node class defines it (the mixin is never used alone)."""
         raise NotImplementedError
 
     def _fused_arguments(self, x_seq: Tensor) -> Optional[dict]:
         """alif's arguments besides x and u0, or None when this call is not fused."""
         if not isinstance(x_seq, Tensor) or x_seq.dim() < 2 or _config_reason(self) is not None:
             return None
-        tau = self._decay(x_seq)
-        if tau is None:
+        decay = self._decay(x_seq)
+        if decay is None:
             return None
+        tau, tau_param = decay
         return dict(
-            tau=tau, v_th=float(self.v_threshold), reset="soft" if self.v_reset is None else "hard",
+            tau=tau, tau_param=tau_param, v_th=float(self.v_threshold), reset="soft" if self.v_reset is None else "hard",
             detach_reset=self.detach_reset, decay_input=self.decay_input,
             **surrogate_options(self.surrogate_function),
         )
@@ -122,8 +124,8 @@ class FusedLIFNode(_FusedMultiStep, neuron.LIFNode):
     forward runs :func:`alif_cuda.alif` with tau = 1 - 1/self.tau when the configuration maps
     exactly (see the module's docstring); otherwise, and in single-step mode, SpikingJelly's code."""
 
-    def _decay(self, x_seq: Tensor) -> float:
-        return 1.0 - 1.0 / self.tau
+    def _decay(self, x_seq: Tensor) -> Tuple[float, str]:
+        return 1.0 - 1.0 / self.tau, "direct"
 
 
 class FusedParametricLIFNode(_FusedMultiStep, neuron.ParametricLIFNode):
@@ -133,8 +135,9 @@ class FusedParametricLIFNode(_FusedMultiStep, neuron.ParametricLIFNode):
     channel (shape (C, 1, ..., 1) against [T, N, C, ...] input), which SpikingJelly runs as a
     Python loop; otherwise, and in single-step mode, SpikingJelly's code."""
 
-    def _decay(self, x_seq: Tensor) -> Optional[Tensor]:
-        return _channel_decay(self.w, x_seq)
+    def _decay(self, x_seq: Tensor) -> Optional[Tuple[Tensor, str]]:
+        logit = _channel_decay_logit(self.w, x_seq)
+        return None if logit is None else (logit, "sigmoid")
 
 
 _FUSED = {neuron.LIFNode: FusedLIFNode, neuron.ParametricLIFNode: FusedParametricLIFNode}

@@ -8,10 +8,14 @@ Providers:
   alif()      torch.autograd.grad(alif(x, tau, v_th), (x, tau, v_th), g): the op with its C++
               autograd.
   ALIF module torch.autograd.grad(layer(x), (x, tau_raw, v_th), g) for ALIF(tau_param="sigmoid"),
-              the paper's layer (the sigmoid of tau and its backward included).
+              the paper's layer (the op applies the sigmoid of tau_raw and its derivative itself).
   autograd floor
               torch.autograd.grad(x * tau, (x, tau), g): the same call on a one-multiply graph,
               what autograd itself costs whatever the op (not a target; context for the ratios).
+  engine floor
+              x * tau, then PyTorch's C++ autograd engine called directly
+              (Variable._execution_engine.run_backward, the call torch.autograd.grad ends in): the
+              engine's own cost without torch.autograd.grad's Python (context, not a target).
 The providers are timed in turns (one call of each per round), the median of --calls rounds.
 Targets (issue 14): alif() <= 1.3x raw ops, ALIF module <= 1.5x.
 Writes bench/results/overhead_<device>.json and .md.
@@ -24,6 +28,8 @@ import torch
 
 import alif_cuda
 from alif_cuda import ALIF, alif
+from torch.autograd import Variable
+
 from common import command_line, device_name, markdown_table, sync, write_results
 
 
@@ -79,6 +85,8 @@ def main():
         "alif()": lambda: torch.autograd.grad(alif(x, tau, v_th), (x, tau, v_th), g),
         "ALIF module": lambda: torch.autograd.grad(layer(x), (x, layer.tau_raw, layer.v_th), g),
         "autograd floor": lambda: torch.autograd.grad(x * tau, (x, tau), g),
+        "engine floor": lambda: Variable._execution_engine.run_backward(
+            (x * tau,), (g,), False, False, (x, tau), False, accumulate_grad=False),
     }
     targets = {"alif()": 1.3, "ALIF module": 1.5}
     us = median_us_in_turns(runs, device, args.calls)
