@@ -145,6 +145,7 @@ def test_no_host_sync_on_cuda():
     v_th = torch.full((4,), 0.2, device="cuda", requires_grad=True)
     s = torch.randn(4, 2, 3, 64, 64, device="cuda", requires_grad=True)
     w = torch.randn(4, 4, device="cuda", requires_grad=True)
+    layer = ALIF(per_channel=4).cuda()
 
     def run():
         spikes = alif(x, 0.25, 0.2)
@@ -154,6 +155,8 @@ def test_no_host_sync_on_cuda():
         torch.autograd.grad(spikes, (base, tau, v_th), torch.ones_like(spikes))
         y = taid(s, w)
         torch.autograd.grad(y, (s, w), torch.ones_like(y))
+        spikes = layer(x)  # tau given as its logit
+        torch.autograd.grad(spikes, (x, *layer.parameters()), torch.ones_like(spikes))
 
     run()  # first calls: the Python-float parameters' tensors, TAID's launch plan
     torch.cuda.synchronize()
@@ -164,6 +167,31 @@ def test_no_host_sync_on_cuda():
     finally:
         torch.cuda.set_sync_debug_mode(previous)
     torch.cuda.synchronize()
+
+
+@pytest.mark.skipif(not (torch.cuda.is_available() and alif_cuda.cuda_kernels_available()),
+                    reason="needs a visible GPU and a CUDA build of alif_cuda")
+@pytest.mark.parametrize("tau_param", ["direct", "sigmoid"])
+def test_alif_layer_launches_three_kernels_on_cuda(tau_param):
+    """One ALIF layer with scalar parameters, forward+backward on CUDA: the forward kernel, the
+    BPTT kernel and the sum of its block partials, counted by the CUDA profiler; no memset, copy
+    or elementwise kernel (the logit's sigmoid and its derivative run inside those three)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    layer = ALIF(tau_param=tau_param).cuda()
+    x = torch.randn(5, 3, 4, 8, device="cuda", requires_grad=True)
+    g = torch.ones_like(x)
+    params = list(layer.parameters())
+    torch.autograd.grad(layer(x), [x, *params], g)  # first call: the CUDA context, the kernels
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        torch.autograd.grad(layer(x), [x, *params], g)
+        torch.cuda.synchronize()
+    on_gpu = [e.name for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
+    assert len(on_gpu) == 3, on_gpu
+    assert sum("alif_fwd_kernel" in n for n in on_gpu) == 1, on_gpu
+    assert sum("alif_bwd_kernel" in n for n in on_gpu) == 1, on_gpu
+    assert sum("sum_partials_kernel" in n for n in on_gpu) == 1, on_gpu
 
 
 def test_inductor_static_input_makes_no_time_major_buffer():
