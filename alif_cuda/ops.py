@@ -4,6 +4,7 @@ The C++ schemas and the autograd (registered for the Autograd key, double backwa
 live in csrc/ops.cpp; this file registers what Python must provide (shape propagation for
 torch.compile, with the ops' device checks) and turns friendly arguments into op arguments.
 """
+import math
 from typing import Optional, Tuple, Union
 
 import torch
@@ -159,23 +160,30 @@ def _alif_bwd_saved_h_fake(
 
 
 # Python floats become tensors once per (value, dtype, device): torch.tensor(v, device="cuda")
-# would copy from pageable host memory and synchronise on every call.
+# would copy from pageable host memory and synchronise on every call. A cached tensor is never
+# evicted: a CUDA graph captured with it reads its memory at every replay. Past the cap, and while
+# a CUDA stream is being captured (the tensor would be filled only when the graph first runs), a
+# value gets a fresh tensor (one fill kernel, no sync) that is not kept.
 _PARAM_CACHE = {}
 _PARAM_CACHE_MAX = 256
 
 
-def _as_param(value: Union[float, Tensor], x: Tensor, compiling: bool) -> Tensor:
+def _as_param(name: str, value: Union[float, Tensor], x: Tensor, compiling: bool) -> Tensor:
     if isinstance(value, Tensor):
         return value
+    value = float(value)
+    if not math.isfinite(value):
+        raise ValueError(f"alif: {name} must be finite, got {value}")
     dtype = _state_dtype(x.dtype)
     if compiling:
-        return torch.full((), float(value), dtype=dtype, device=x.device)
-    key = (float(value), dtype, x.device)
+        return torch.full((), value, dtype=dtype, device=x.device)
+    key = (value, dtype, x.device)
     t = _PARAM_CACHE.get(key)
     if t is None:
-        if len(_PARAM_CACHE) >= _PARAM_CACHE_MAX:
-            _PARAM_CACHE.clear()
-        t = _PARAM_CACHE[key] = torch.full((), key[0], dtype=dtype, device=x.device)
+        t = torch.full((), value, dtype=dtype, device=x.device)
+        capturing = x.is_cuda and torch.cuda.is_current_stream_capturing()
+        if len(_PARAM_CACHE) < _PARAM_CACHE_MAX and not capturing:
+            _PARAM_CACHE[key] = t
     return t
 
 
@@ -260,8 +268,8 @@ def alif(
     compiling = torch.compiler.is_compiling()
     if not compiling:
         _refuse_functorch_autodiff("alif")
-    tau = _as_param(tau, x, compiling)
-    v_th = _as_param(v_th, x, compiling)
+    tau = _as_param("tau", tau, x, compiling)
+    v_th = _as_param("v_th", v_th, x, compiling)
     static = _static_source(x, compiling)
     steps = x.shape[0] if static is not None else None
     spikes, u_last = torch.ops.alif_cuda.alif(

@@ -57,6 +57,18 @@ def test_non_finite_parameters_on_cpu(bad):
 
 
 @pytest.mark.parametrize("device", device_params())
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+def test_non_finite_python_float_parameters(device, bad):
+    """Python floats are checked in Python, on every device (a CUDA tensor could only be checked
+    with a host sync)."""
+    x = torch.zeros(3, 4, device=device)
+    with pytest.raises(ValueError, match="alif: tau must be finite"):
+        alif(x, bad, 0.2)
+    with pytest.raises(ValueError, match="alif: v_th must be finite"):
+        alif(x, 0.5, bad)
+
+
+@pytest.mark.parametrize("device", device_params())
 def test_u0_of_wrong_shape_or_dtype(device):
     x = torch.zeros(3, 2, 5, device=device)
     tau, v_th = params(device)

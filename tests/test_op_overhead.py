@@ -128,6 +128,28 @@ def test_compiled_forward_backward_makes_no_hidden_tensors():
         assert ops.count(op) == 1, ops
 
 
+def test_python_float_parameters_are_cached_and_never_evicted(monkeypatch):
+    """A Python float becomes one tensor per (value, dtype, device), kept for good (a CUDA graph
+    may read it at every replay); past the cap, values get fresh, correct, uncached tensors."""
+    from alif_cuda import ops
+
+    monkeypatch.setattr(ops, "_PARAM_CACHE", {})
+    monkeypatch.setattr(ops, "_PARAM_CACHE_MAX", 4)
+    x = torch.randn(3, 2, 5)
+    first = ops._as_param("tau", 0.5, x, False)
+    assert ops._as_param("tau", 0.5, x, False) is first
+    assert ops._as_param("tau", 0.5, x.double(), False).dtype == torch.float64
+    for value in (0.1, 0.2, 0.3, 0.4, 0.6):
+        t = ops._as_param("tau", value, x, False)
+        assert t.dtype == torch.float32 and t.item() == torch.tensor(value).item()
+    assert len(ops._PARAM_CACHE) == 4
+    assert ops._as_param("tau", 0.5, x, False) is first
+    late = ops._as_param("tau", 0.6, x, False)
+    assert late is not ops._as_param("tau", 0.6, x, False)
+    spikes = alif(x, 0.6, 0.05)
+    assert torch.equal(spikes, alif(x, torch.tensor(0.6), torch.tensor(0.05)))
+
+
 def test_cuda_kernels_query_is_cached():
     assert alif_cuda.cuda_kernels_available() is alif_cuda.cuda_kernels_available()
     assert alif_cuda.ops._CUDA_KERNELS is not None
@@ -192,6 +214,35 @@ def test_alif_layer_launches_three_kernels_on_cuda(tau_param):
     assert sum("alif_fwd_kernel" in n for n in on_gpu) == 1, on_gpu
     assert sum("alif_bwd_kernel" in n for n in on_gpu) == 1, on_gpu
     assert sum("sum_partials_kernel" in n for n in on_gpu) == 1, on_gpu
+
+
+@pytest.mark.skipif(not (torch.cuda.is_available() and alif_cuda.cuda_kernels_available()),
+                    reason="needs a visible GPU and a CUDA build of alif_cuda")
+def test_python_float_first_seen_inside_cuda_graph_capture():
+    """A Python float seen for the first time while a CUDA graph is captured: its tensor is filled
+    only when the graph runs, so it must not be cached for later eager calls. The graph's replay
+    and the eager call after it both equal the reference."""
+    from alif_cuda import ops
+
+    value = 0.123456789  # a value no other test uses
+    for key in [k for k in ops._PARAM_CACHE if k[0] == value]:
+        del ops._PARAM_CACHE[key]
+    x = torch.randn(6, 4, 32, device="cuda")
+    want = alif_cuda.alif_ref(x, value, 0.1)
+    static_x = x.clone()
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        alif(static_x, 0.5, 0.1)  # warm-up on the capture stream, with another value
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = alif(static_x, value, 0.1)
+    assert not any(k[0] == value for k in ops._PARAM_CACHE)
+    graph.replay()
+    torch.cuda.synchronize()
+    assert torch.equal(out, want)
+    assert torch.equal(alif(x, value, 0.1), want)
 
 
 def test_inductor_static_input_makes_no_time_major_buffer():
