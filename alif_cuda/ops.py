@@ -238,8 +238,11 @@ def alif(
        ``y.unsqueeze(0).expand(T, *y.shape)``) is read once and its gradient is the sum over time,
        without materialising T copies.
     tau, v_th: () or (C,) with C = x.shape[2] (per channel), or Python floats.
-       tau_param="sigmoid": tau holds logit(tau); the kernels take sigmoid(tau) as they load it and
-       return dL/dlogit (ALIF's default parameterisation, with no elementwise ops around the op).
+       tau_param="sigmoid": tau holds logit(tau); the kernels take sigmoid(tau) as they load it,
+       in the math dtype (float32; float64 for float64 x), and return dL/dlogit (ALIF's default
+       parameterisation, with no elementwise ops around the op). That tau can differ from
+       torch.sigmoid's in the last bit (another exp), so spikes equal alif_ref's bit for bit up
+       to that.
     u0: (B, ...) initial state in x's dtype, or None for zeros.
 
     For t = 0..T-1, with u_{-1} = u0:

@@ -103,8 +103,8 @@ def alif_ref(
         p if isinstance(p, Tensor) else torch.tensor(float(p), dtype=param_dtype, device=x.device)
         for p in (tau, v_th)
     )
-    if tau_param == "sigmoid":
-        tau = torch.sigmoid(tau)
+    if tau_param == "sigmoid":  # in the math dtype, as the kernels take it
+        tau = torch.sigmoid(tau.to(param_dtype))
     step_dims = x.dim() - 1
     tau_b = _per_channel_view(tau, step_dims)
     vth_b = _per_channel_view(v_th, step_dims)

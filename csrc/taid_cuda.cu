@@ -524,6 +524,8 @@ FwdPlan make_fwd_plan(const TaidParams& p, int device, cudaStream_t stream) {
     cudaLaunchAttribute attr;
     const cudaLaunchConfig_t config = cluster_config(plan, plan.split, stream, attr);
     int active = 0;
+    // An error still pending from earlier work is reported here, not swallowed by the clear below.
+    C10_CUDA_CHECK(cudaPeekAtLastError());
     if (cudaOccupancyMaxActiveClusters(&active, cluster_kernel, &config) != cudaSuccess) {
       cudaGetLastError();  // clear it: the plan falls back, and later launch checks stay clean
       return false;

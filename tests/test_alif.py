@@ -186,6 +186,21 @@ def test_alif_tau_logit_matches_reference(device, dtype, T, per_channel, surroga
     check_against_reference(x, as_logit(tau), v_th, u0, x.unsqueeze(0).expand(T, *x.shape), opts, dtype)
 
 
+@pytest.mark.parametrize("device,dtype", device_dtype_params())
+@pytest.mark.parametrize(
+    "T,step_shape,per_channel",
+    [(3, (2, 4, 6), True), (12, (128, 3, 40), True), (12, (40, 3, 50), False)],
+    ids=["lanes-straddle-channels", "many-slices-per-channel", "many-blocks-scalar"],
+)
+def test_alif_tau_logit_on_the_vector_and_reduction_paths(device, dtype, T, step_shape, per_channel):
+    """The logit on the CUDA kernels' 16-byte paths: 4- and 8-lane threads whose lanes belong to
+    two channels (I = 6), a per-channel sum over several slices of 4096 values, and a scalar sum
+    over many block partials, with checkpoints (T > 8)."""
+    opts = dict(tau_param="sigmoid", surrogate="atan")
+    x, tau, v_th, u0 = make_inputs(T, step_shape, device, dtype, per_channel)
+    check_against_reference(x, as_logit(tau), v_th, u0, x, opts, dtype)
+
+
 @pytest.mark.parametrize("device", device_params())
 def test_alif_tau_logit_mixed_parameter_shapes(device):
     """A scalar logit with a per-channel v_th (the chain factor of tau[0] on every channel's sum),
