@@ -8,9 +8,7 @@ import torch
 from torch import Tensor, nn
 
 from .ops import alif, taid
-from .reference import (
-    TAU_PARAMS, alif_ref, check_alif_options, check_taid_options, resolve_alpha, taid_ref,
-)
+from .reference import alif_ref, check_alif_options, check_taid_options, resolve_alpha, taid_ref
 STEP_MODES = ("m", "s")
 
 _use_reference = False
@@ -103,9 +101,7 @@ class ALIF(nn.Module):
         super().__init__()
         surrogate, width, alpha = _surrogate_arguments(surrogate, width, alpha)
         alpha = resolve_alpha(surrogate, alpha)
-        check_alif_options(surrogate, width, alpha, reset)
-        if tau_param not in TAU_PARAMS:
-            raise ValueError(f"ALIF: tau_param must be one of {TAU_PARAMS}, got {tau_param!r}")
+        check_alif_options(surrogate, width, alpha, reset, tau_param)
         if not math.isfinite(tau) or (tau_param == "sigmoid" and not 0 < tau < 1):
             kind = "in (0, 1) with tau_param='sigmoid'" if tau_param == "sigmoid" else "finite"
             raise ValueError(f"ALIF: tau must be {kind}, got {tau}")

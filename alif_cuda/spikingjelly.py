@@ -102,7 +102,8 @@ class _FusedMultiStep:
             return None
         tau, tau_param = decay
         return dict(
-            tau=tau, tau_param=tau_param, v_th=float(self.v_threshold), reset="soft" if self.v_reset is None else "hard",
+            tau=tau, tau_param=tau_param, v_th=float(self.v_threshold),
+            reset="soft" if self.v_reset is None else "hard",
             detach_reset=self.detach_reset, decay_input=self.decay_input,
             **surrogate_options(self.surrogate_function),
         )

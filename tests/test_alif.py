@@ -216,14 +216,6 @@ def test_alif_tau_logit_mixed_parameter_shapes(device):
     assert torch.equal(grads[1], torch.zeros_like(logit))
 
 
-def test_alif_tau_param_is_checked():
-    x = torch.randn(2, 3)
-    with pytest.raises(ValueError, match="tau_param must be one of"):
-        alif(x, 0.3, 0.2, tau_param="exp")
-    with pytest.raises(ValueError, match="tau_param must be one of"):
-        alif_ref(x, 0.3, 0.2, tau_param="exp")
-
-
 @pytest.mark.parametrize("device", device_params())
 def test_static_input_saves_nothing_per_step(device):
     T, step = 8, (4, 3, 5)

@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from alif_cuda import alif
+from alif_cuda import alif, alif_ref
 from conftest import HAS_CUDA, CUDA_SKIP_REASON, device_params
 
 
@@ -88,6 +88,9 @@ def test_bad_options():
         alif(x, 0.5, 0.2, width=0.0)
     with pytest.raises(ValueError, match="alpha must be > 0"):
         alif(x, 0.5, 0.2, alpha=float("nan"))
+    for fn in (alif, alif_ref):
+        with pytest.raises(ValueError, match="tau_param must be one of"):
+            fn(x, 0.5, 0.2, tau_param="exp")
     with pytest.raises(TypeError, match="x must be a Tensor"):
         alif([[0.0]], 0.5, 0.2)
 
