@@ -5,7 +5,12 @@ per-epoch metrics file, progress, the closing summary and the curves plot.
 A run directory is consistent whatever moment the process dies: checkpoint.pt is replaced
 atomically (temporary file, fsync, rename, fsync of the directory) and holds every metrics record
 so far, so --resume rewrites metrics.jsonl from it; metrics.jsonl is appended only after the
-checkpoint of its epoch exists. A lock held by the live writer refuses a second one."""
+checkpoint of its epoch exists. A lock held by the live writer refuses a second one.
+
+A run directory cannot be turned against its user: no link in it is followed (the lock is opened
+with O_NOFOLLOW and never written, temporaries are new files with unpredictable names, a run file
+that is not a regular file is refused), and nothing is deleted that the run did not write: whether
+to start, resume or refuse is decided before anything in the directory is touched."""
 import argparse
 import errno
 import io
@@ -16,7 +21,9 @@ import pickle
 import random
 import shlex
 import socket
+import stat
 import sys
+import tempfile
 import time
 import zipfile
 from contextlib import nullcontext
@@ -34,6 +41,8 @@ METRICS = "metrics.jsonl"
 SUMMARY = "summary.json"
 CURVES = "curves.png"
 LOCK = ".lock"
+LOCK_HOLDER = ".lock-holder.json"
+LOCK_FILES = (LOCK, LOCK_HOLDER)
 RUN_FILES = (CHECKPOINT, METRICS, SUMMARY, CURVES)
 # Training more image-epochs than this on a CPU gets a warning (the paper's MNIST recipe is 3.84M).
 CPU_SCALE_IMAGES = 1_000_000
@@ -42,7 +51,7 @@ STEP_LOSS_POINTS = 100  # per-step loss kept per epoch for curves.png (means ove
 
 def fault_point(name: str) -> None:
     """Does nothing. Tests replace it to die at a chosen moment ("mid_write", "checkpoint_written",
-    "metrics_written"), as a kill there would."""
+    "metrics_written", "curves_written"), as a kill there would."""
 
 
 @dataclass
@@ -157,14 +166,29 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
+# Files are created with the permissions open(..., 0o666) would give them under the umask, not
+# mkstemp's 0o600 (read once here: os.umask can only be read by setting it).
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)
+
+
+def _temporary_beside(path: Path):
+    """(fd, name) of a new file in path's folder named .<name>.tmp-<random>: created with O_EXCL
+    (mkstemp), so an existing file or a planted link is never opened, and unpredictable."""
+    fd, name = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent if str(path.parent) else ".")
+    os.fchmod(fd, 0o666 & ~_UMASK)
+    return fd, Path(name)
+
+
 def write_bytes_atomic(data: bytes, path: Path) -> None:
-    """Writes `data` to a temporary file beside `path`, fsyncs it, renames it over `path` and
-    fsyncs the directory: a crash at any moment leaves either the old file or the new one. On an
-    error the temporary file is removed and `path` is untouched (DiskFullError when out of space)."""
+    """Writes `data` to a new temporary file beside `path` (_temporary_beside), fsyncs it, renames
+    it over `path` and fsyncs the directory: a crash at any moment leaves either the old file or
+    the new one, and a link at `path` is replaced, never followed. On an error the temporary file
+    is removed and `path` is untouched (DiskFullError when out of space)."""
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp = None
     try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        fd, tmp = _temporary_beside(path)
         try:
             view = memoryview(data)
             written = 0
@@ -178,10 +202,11 @@ def write_bytes_atomic(data: bytes, path: Path) -> None:
             os.close(fd)
         os.replace(tmp, path)
     except BaseException as e:
-        try:
-            tmp.unlink()
-        except FileNotFoundError:
-            pass
+        if tmp is not None:
+            try:
+                tmp.unlink()
+            except FileNotFoundError:
+                pass
         if not isinstance(e, OSError):
             raise
         if e.errno in (errno.ENOSPC, errno.EDQUOT):
@@ -254,7 +279,9 @@ def append_metrics(run_dir: Path, record: Dict) -> None:
     --resume rewrites the file from the checkpoint."""
     path = Path(run_dir) / METRICS
     try:
-        with open(path, "a") as f:
+        # O_NOFOLLOW: a link planted at metrics.jsonl is refused (ELOOP), not appended through.
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666)
+        with os.fdopen(fd, "a") as f:
             f.write(json.dumps(record) + "\n")
             f.flush()
             os.fsync(f.fileno())
@@ -284,57 +311,136 @@ def write_metrics(run_dir: Path, records: List[Dict]) -> None:
 
 
 # ---- the run directory: lock, stale files, the command that resumes --------------------------
-_held_locks: Dict[str, int] = {}
+_held_locks: Dict[str, tuple] = {}
+
+
+class RunDirError(ValueError):
+    """A run directory that cannot be used as asked (a planted link, a live writer, files that
+    are not this run's); the message names what is there and what to do. Nothing was changed."""
+
+
+def _kind(mode: int) -> str:
+    for test, name in ((stat.S_ISLNK, "a symbolic link"), (stat.S_ISDIR, "a directory"),
+                       (stat.S_ISFIFO, "a named pipe"), (stat.S_ISSOCK, "a socket"),
+                       (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device")):
+        if test(mode):
+            return name
+    return "not a regular file"
+
+
+def _not_regular(path: Path) -> Optional[str]:
+    """None for a regular file or nothing at `path`; else what is there (a link is never
+    followed, and said with its target)."""
+    try:
+        mode = os.lstat(path).st_mode
+    except FileNotFoundError:
+        return None
+    if stat.S_ISREG(mode):
+        return None
+    what = _kind(mode)
+    if stat.S_ISLNK(mode):
+        target = os.readlink(path)
+        what += f" (to {target}{'' if path.exists() else ', which does not exist'})"
+    return f"{path} is {what}"
+
+
+def _read_holder(run_dir: Path) -> Dict:
+    """Who holds the lock, from .lock-holder.json (or an older version's .lock); {} if unknown."""
+    for name in (LOCK_HOLDER, LOCK):
+        try:
+            fd = os.open(Path(run_dir) / name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        except OSError:
+            continue
+        try:
+            if stat.S_ISREG(os.fstat(fd).st_mode):
+                holder = json.loads(os.pread(fd, 1 << 16, 0).decode() or "{}")
+                if isinstance(holder, dict) and holder:
+                    return holder
+        except ValueError:
+            pass
+        finally:
+            os.close(fd)
+    return {}
 
 
 def acquire_lock(run_dir: Path, command: str) -> None:
-    """Takes run_dir's lock (flock on run_dir/.lock, released by the kernel when the process dies,
-    so it is never stale) and records who holds it. Raises RuntimeError naming the live holder.
-    Re-entrant within a process."""
+    """Takes run_dir's lock: flock on run_dir/.lock, released by the kernel when the process dies,
+    so it is never stale. The lock file is opened read-only without following links (a link or
+    anything but a regular file there is refused) and never written: who holds it goes to
+    .lock-holder.json, replaced atomically and removed at release. Raises RunDirError naming a live holder or a bad
+    lock file, OSError when the directory cannot be written. Re-entrant within a process."""
     import fcntl
 
     key = str(Path(run_dir).resolve())
     if key in _held_locks:
         return
     path = Path(run_dir) / LOCK
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+    created = True
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError as e:
-        if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-            os.close(fd)
-            raise
         try:
-            holder = json.loads(os.pread(fd, 1 << 16, 0).decode() or "{}")
-        except ValueError:
-            holder = {}
+            fd = os.open(path, flags | os.O_CREAT | os.O_EXCL, 0o666)
+        except FileExistsError:
+            created = False
+            fd = os.open(path, flags)
+    except OSError as e:
+        problem = _not_regular(path)
+        if problem is not None:
+            raise RunDirError(f"{problem}: the run's lock must be a regular file, and a link is never "
+                              f"followed; remove it if you trust this directory") from None
+        raise
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise RunDirError(f"{_not_regular(path) or path}: the run's lock must be a regular file")
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as e:
+            if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                raise
+            holder = _read_holder(run_dir)
+            raise RunDirError(
+                f"--out {run_dir} is in use by another live run: pid {holder.get('pid', '?')} on "
+                f"{holder.get('host', '?')}, started {holder.get('started', '?')} ({holder.get('command', '?')}). "
+                f"Two writers would corrupt the run: wait for it to end, or stop it first."
+            ) from None
+        info = {"pid": os.getpid(), "host": socket.gethostname(), "command": command,
+                "started": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
+        write_bytes_atomic(json.dumps(info).encode(), Path(run_dir) / LOCK_HOLDER)
+    except BaseException:
         os.close(fd)
-        raise RuntimeError(
-            f"--out {run_dir} is in use by another live run: pid {holder.get('pid', '?')} on "
-            f"{holder.get('host', '?')}, started {holder.get('started', '?')} ({holder.get('command', '?')}). "
-            f"Two writers would corrupt the run: wait for it to end, or stop it first."
-        ) from None
-    info = json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "command": command,
-                       "started": time.strftime("%Y-%m-%d %H:%M:%S %Z")}).encode()
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, info, 0)
-    _held_locks[key] = fd
+        if created:
+            path.unlink(missing_ok=True)
+        raise
+    _held_locks[key] = (fd, created)
 
 
 def release_lock(run_dir: Path) -> None:
-    fd = _held_locks.pop(str(Path(run_dir).resolve()), None)
-    if fd is not None:
-        os.close(fd)
+    """Removes the holder's record (it describes a live holder only) and releases the lock."""
+    held = _held_locks.pop(str(Path(run_dir).resolve()), None)
+    if held is None:
+        return
+    try:
+        (Path(run_dir) / LOCK_HOLDER).unlink(missing_ok=True)
+    except OSError:
+        pass
+    os.close(held[0])
+
+
+def _own_temporaries(run_dir: Path) -> List[Path]:
+    """The temporary files of this project's unfinished writes in run_dir (.<run file>.tmp-*),
+    regular files only (a link of that name is left alone)."""
+    return sorted(path for name in RUN_FILES + (LOCK_HOLDER,) for path in Path(run_dir).glob(f".{name}.tmp-*")
+                  if _not_regular(path) is None)
 
 
 def remove_stale_temporaries(run_dir: Path) -> List[str]:
     """Deletes the temporary files of writes that never finished (a killed process's
-    .<name>.tmp-<pid>); call with the lock held, when no other writer can exist."""
+    .<run file>.tmp-*), and nothing else; call with the lock held, when no other writer can
+    exist."""
     removed = []
-    for path in Path(run_dir).glob(".*.tmp-*"):
-        if path.is_file():
-            removed.append(f"{path.name} ({path.stat().st_size / 2**20:.1f} MB)")
-            path.unlink()
+    for path in _own_temporaries(run_dir):
+        removed.append(f"{path.name} ({path.lstat().st_size / 2**20:.1f} MB)")
+        path.unlink()
     return removed
 
 
@@ -367,10 +473,14 @@ def _note(message: str) -> None:
 
 # ---- the shared options -----------------------------------------------------------------------
 # Arguments that only say how to run, not what is trained: they may change on --resume.
+# --test-subset is not among them: the best epoch is picked by test scores, which must all come
+# from the same test images.
 RUN_ONLY = {"out", "resume", "workers", "device", "data_dir", "download", "halt_after_steps", "epochs", "progress",
-            "test_subset", "log_every", "keep_optimizer", "stop_on_nonfinite"}
+            "log_every", "keep_optimizer", "stop_on_nonfinite"}
+# torch.manual_seed takes seeds below 2**64; process k of torchrun uses seed + k.
+SEED_LIMIT = 2**63
 # What the driver itself keeps in args (never part of the recipe).
-INTERNAL = {"resume_command", "run_dir_created"}
+INTERNAL = {"resume_command", "run_dir_created", "lock_created"}
 
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
@@ -429,6 +539,8 @@ def validate_run_args(args, parser, check_data) -> None:
             parser.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
     if not (math.isfinite(args.lr) and args.lr > 0):
         parser.error(f"--lr must be > 0, got {args.lr}")
+    if not 0 <= args.seed < SEED_LIMIT:
+        parser.error(f"--seed must be in [0, 2**63), got {args.seed}")
     for name in ("subset", "test_subset"):
         value = getattr(args, name)
         if value is not None and value < 1:
@@ -450,63 +562,106 @@ def validate_run_args(args, parser, check_data) -> None:
         check_data()
     except (ValueError, FileNotFoundError) as e:
         parser.error(str(e))
+    if not args.out.strip():
+        parser.error("--out must name a directory, got an empty string")
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         parser.error(f"--out {out} exists and is not a directory")
 
 
+def _epoch_records(run_dir: Path) -> int:
+    try:
+        return len(read_metrics(run_dir))
+    except OSError:
+        return 0
+
+
+def plan_run_dir(out: Path, resume: bool) -> str:
+    """What starting in `out` will do, decided from what is there before anything is touched:
+    "fresh" (a new or empty directory, or one holding only an earlier attempt's lock files),
+    "resume" (a run with its checkpoint) or "restart" (--resume where no epoch was ever recorded:
+    the run starts from the beginning). Raises RunDirError naming what is there otherwise."""
+    if not out.exists():
+        return "restart" if resume else "fresh"
+    if not out.is_dir():
+        raise RunDirError(f"--out {out} exists and is not a directory")
+    bad = [problem for name in RUN_FILES + LOCK_FILES if (problem := _not_regular(out / name)) is not None]
+    if bad:
+        raise RunDirError(f"--out {out}: {'; '.join(bad)}. A run's files must be regular files and no link is "
+                          f"followed: nothing was read or changed; remove or replace it if you trust this directory")
+    entries = sorted(p.name for p in out.iterdir())
+    ours = set(LOCK_FILES) | {p.name for p in _own_temporaries(out)}
+    others = [n for n in entries if n not in ours]
+    if not others:
+        return "restart" if resume else "fresh"
+    run_files = [n for n in others if n in RUN_FILES]
+    shown = ", ".join(others[:6]) + (f" and {len(others) - 6} more" if len(others) > 6 else "")
+    if not resume:
+        if CHECKPOINT in run_files:
+            raise RunDirError(f"--out {out} already holds a run ({shown}); pass --resume to continue it, or choose a "
+                              f"new directory")
+        raise RunDirError(f"--out {out} already holds files ({shown}); a new run needs a new or empty directory "
+                          f"(hidden files count): choose another --out")
+    if CHECKPOINT in run_files:
+        return "resume"
+    epochs = _epoch_records(out)
+    if epochs or SUMMARY in run_files:
+        recorded = f"the records of {epochs} epoch(s)" if epochs else "a summary.json"
+        raise RunDirError(f"--resume: {out} holds {recorded} ({shown}) but no {CHECKPOINT}, so the run cannot "
+                          f"continue. If you moved {CHECKPOINT} aside, put it back; to train again from the "
+                          f"beginning, choose a new --out. Nothing in {out} was changed")
+    raise RunDirError(f"--resume: {out} holds no {CHECKPOINT} and no run of this project ({shown}); choose a new "
+                      f"--out. Nothing in {out} was changed")
+
+
 def prepare_run_dir(args, parser, main: bool) -> None:
-    """--out created and locked (rank 0), the temporaries of killed writes removed. Without a
-    checkpoint, --resume becomes a fresh start (said, and the files of the epoch-less attempt
-    removed); a fresh start refuses a directory that holds a run's files."""
+    """--out checked (plan_run_dir) and refused before anything in it is touched, then created
+    and locked (rank 0) and the temporaries of this run's killed writes removed. --resume without
+    any recorded epoch becomes a fresh start, said so; a fresh start needs a new or empty
+    directory."""
     out = Path(args.out)
     if not main:
         # Rank 0 turns a --resume without a checkpoint into a fresh start; so must every rank.
         args.resume = args.resume and (out / CHECKPOINT).exists()
         return
+    try:
+        plan = plan_run_dir(out, args.resume)
+    except RunDirError as e:
+        parser.error(str(e))
     created = not out.exists()
+    args.run_dir_created = created
+    args.lock_created = False
     try:
         out.mkdir(parents=True, exist_ok=True)
         acquire_lock(out, args.resume_command)
-    except RuntimeError as e:
+        args.lock_created = _held_locks[str(out.resolve())][1]
+        # Decided again under the lock: a writer that held it until now may have changed the directory.
+        if plan_run_dir(out, args.resume) != plan:
+            raise RunDirError(f"--out {out} changed while this run was starting; start it again")
+        removed = remove_stale_temporaries(out)
+    except RunDirError as e:
+        _undo_run_dir(args)
         parser.error(str(e))
     except OSError as e:
-        _undo_run_dir(out, created)
+        _undo_run_dir(args)
         parser.error(f"--out {out}: cannot create or write the run directory ({e.strerror or e})")
-    try:
-        removed = remove_stale_temporaries(out)
-        if removed:
-            _note(f"removed {len(removed)} temporary file(s) of interrupted writes from {out}: {', '.join(removed)}")
-        probe = out / f".write-test.tmp-{os.getpid()}"
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as e:
-        _undo_run_dir(out, created)
-        parser.error(f"--out {out} is not writable ({e.strerror or e})")
-    has_ckpt = (out / CHECKPOINT).exists()
-    entries = sorted(p.name for p in out.iterdir() if not p.name.startswith("."))
-    if args.resume and not has_ckpt:
-        leftovers = [n for n in entries if n in RUN_FILES]
-        why = "is new" if created else "holds no checkpoint yet (the run stopped before its first epoch ended)"
-        _note(f"--resume: {out} {why}: starting the run from the beginning"
-              + (f"; removing {', '.join(leftovers)}" if leftovers else ""))
-        for name in leftovers:
-            (out / name).unlink()
+    if removed:
+        _note(f"removed {len(removed)} temporary file(s) of interrupted writes from {out}: {', '.join(removed)}")
+    if plan == "restart":
+        why = "is new" if created else "holds no checkpoint yet (an earlier attempt stopped before its first epoch ended)"
+        _note(f"--resume: {out} {why}: starting the run from the beginning")
         args.resume = False
-    elif not args.resume and entries:
-        _undo_run_dir(out, created)
-        parser.error(f"--out {out} already holds files; pass --resume to continue that run, or choose a new "
-                     f"directory (it holds {', '.join(entries[:5])})")
-    args.run_dir_created = created
 
 
-def _undo_run_dir(out: Path, created: bool) -> None:
-    """Releases the lock and, if this process created the directory, removes it (it holds only
-    the lock file)."""
+def _undo_run_dir(args) -> None:
+    """Releases the lock and removes what this process created for a run that saved nothing: the
+    lock file it made, and the directory if it made that too (and it is empty then)."""
+    out = Path(args.out)
     release_lock(out)
-    if created:
+    if getattr(args, "lock_created", False):
+        (out / LOCK).unlink(missing_ok=True)
+    if getattr(args, "run_dir_created", False):
         try:
-            (out / LOCK).unlink(missing_ok=True)
             out.rmdir()
         except OSError:
             pass
@@ -534,7 +689,8 @@ def prepare_run(args, parser, inherit=()):
                                    keys=("recipe", "model", "epoch", "rng", "records"))
         except CheckpointError as e:
             release_lock(run_dir)
-            parser.error(f"--resume: {e}. Move it aside to start the run over with --resume.")
+            parser.error(f"--resume: {e}. The run cannot continue from it; to train again from the beginning, "
+                         f"choose a new --out")
         saved = ckpt["recipe"]
         for key in inherit:
             if getattr(args, key) is None:
@@ -784,8 +940,11 @@ def _fit(job: Job, args, d: Dist, device: torch.device, ckpt: Optional[Dict]) ->
                 raise SystemExit(f"{e}; {run_dir} is unchanged: free some space, then run\n  {args.resume_command}") from None
     if start_epoch >= args.epochs:
         if d.main:
-            if not (run_dir / SUMMARY).is_file():
-                _finish(job, args, d, device, records, best, best_epoch, wall_before, 0.0)
+            missing = [name for name in (CURVES, SUMMARY) if not (run_dir / name).is_file()]
+            if missing:
+                # A kill after the last checkpoint, before (or between) these two.
+                _note(f"the finished run in {run_dir} lacks {' and '.join(missing)}: writing them again")
+                _finish(job, args, d, device, records, best, best_epoch, wall_before, 0.0, only=missing)
             final = records[-1].get(best_key) if records else None
             print(f"the run in {run_dir} already finished its {start_epoch} epochs ({best_key} {final}, best "
                   f"{best} at epoch {best_epoch}); nothing to train. To train it further, pass a larger --epochs "
@@ -942,8 +1101,8 @@ def _interrupted(args, run_dir: Path, epoch: int, step: int, steps: int, why: st
         _note(f"{why} {where}. {ckpt} holds the run as of the end of the last finished epoch and is intact; "
               f"continue with:\n  {args.resume_command}")
         return
-    if getattr(args, "run_dir_created", False):
-        _undo_run_dir(run_dir, True)
+    if getattr(args, "run_dir_created", False) or getattr(args, "lock_created", False):
+        _undo_run_dir(args)
         gone = "" if run_dir.exists() else f"; {run_dir} was removed"
         _note(f"{why} {where}: nothing was saved yet (the first checkpoint comes at the end of epoch 1){gone}. "
               f"Start again with:\n  {args.resume_command}")
@@ -952,8 +1111,9 @@ def _interrupted(args, run_dir: Path, epoch: int, step: int, steps: int, why: st
 
 
 def _finish(job: Job, args, d: Dist, device, records: List[Dict], best, best_epoch, wall_before: float,
-            wall_here: float) -> None:
-    """summary.json, curves.png and the closing line."""
+            wall_here: float, only=(CURVES, SUMMARY)) -> None:
+    """curves.png, then summary.json (the mark of a finished run, so it comes last), and the
+    closing line; `only` names which of the two files to write."""
     run_dir = Path(args.out)
     best_key = job.best[0]
     final = records[-1] if records else {}
@@ -964,8 +1124,11 @@ def _finish(job: Job, args, d: Dist, device, records: List[Dict], best, best_epo
         images_per_s_last_epoch=final.get("images_per_s"), peak_gpu_mb=final.get("peak_gpu_mb"),
         device=device_description(device), processes=d.world, recipe=recipe(args),
     )
-    write_json_atomic(summary, run_dir / SUMMARY)
-    plot_curves(run_dir, records, job.curves)
+    if CURVES in only:
+        plot_curves(run_dir, records, job.curves)
+        fault_point("curves_written")
+    if SUMMARY in only:
+        write_json_atomic(summary, run_dir / SUMMARY)
     unit = "%" if best_key.endswith("_acc") else ""
     value = final.get(best_key)
     shown = f"{value:.2f}{unit}" if isinstance(value, float) else str(value)
