@@ -4,7 +4,7 @@
                                           [any other train_classifier option, listed below]
 
 Trains the six configurations one after another (each in OUT/<name>/, resumable: a finished run
-is skipped, an interrupted one continues) with the same budget and writes OUT/ablation.md: final
+is kept, an interrupted one continues, one trained with other options is refused) with the same budget and writes OUT/ablation.md: final
 and best test accuracy per configuration, next to the paper's numbers (best accuracy, MNIST).
 The ablation sets --tau, --v-th and --fixed-neurons itself; every other option below is passed to
 each run. Table 7's inits are values of the paper's neuron, so --neuron defaults to paper here
@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import List, Optional
 
 from . import train_classifier
-from .training import CHECKPOINT
+from .training import SUMMARY, write_bytes_atomic
 
 INITS = [(0.25, 0.2), (0.5, 0.2), (0.5, 0.5)]
 PAPER_MNIST = {(False, 0.25, 0.2): 99.64, (False, 0.5, 0.2): 99.52, (False, 0.5, 0.5): 99.41,
@@ -77,13 +77,12 @@ def main(argv: Optional[List[str]] = None) -> str:
             run_args = [*rest, "--out", str(run_dir), "--tau", str(tau), "--v-th", str(v_th)]
             if not learnable:
                 run_args.append("--fixed-neurons")
-            summary_path = run_dir / "summary.json"
-            if not summary_path.is_file():
-                if (run_dir / CHECKPOINT).is_file():
-                    run_args.append("--resume")
-                print(f"== {name}", flush=True)
-                train_classifier.main(run_args)
-            s = json.loads(summary_path.read_text())
+            # Always --resume: the trainer starts a new run, continues an interrupted one, says a finished
+            # one has nothing to train, and refuses one trained with other options, so a table never
+            # labels runs of another recipe with this one's.
+            print(f"== {name}", flush=True)
+            train_classifier.main(run_args + ["--resume"])
+            s = json.loads((run_dir / SUMMARY).read_text())
             paper = PAPER_MNIST.get((learnable, tau, v_th)) if args.dataset == "mnist" else None
             rows.append(f"| {'yes' if learnable else 'no'} | {tau} | {v_th} | {s['final_test_acc']:.2f} | "
                         f"{s['best_test_acc']:.2f} | {'-' if paper is None else f'{paper:.2f}'} | {s['epochs']} | "
@@ -96,7 +95,7 @@ def main(argv: Optional[List[str]] = None) -> str:
         "|---|---|---|---:|---:|---:|---:|---:|",
         *rows,
     ])
-    (out / "ablation.md").write_text(table + "\n")
+    write_bytes_atomic((table + "\n").encode(), out / "ablation.md")
     print(table)
     return table
 

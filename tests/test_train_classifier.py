@@ -160,7 +160,7 @@ def test_evaluate_refuses_damaged_checkpoints_and_bad_outputs_before_evaluating(
     assert "nowhere does not exist" in captured.err and "test_acc" not in captured.out
 
 
-def test_ablation_runs_six_configurations_and_writes_a_table(data_dir, tmp_path):
+def test_ablation_runs_six_configurations_and_writes_a_table(data_dir, tmp_path, capsys):
     table = ablation_classifier.main(["--data-dir", data_dir, "--out", str(tmp_path / "abl"), "--epochs", "1",
                                       "--subset", "16", "--test-subset", "16", "--batch-size", "16", "--workers", "0"])
     rows = [l for l in table.splitlines() if l.startswith("| ") and "Learnable" not in l]
@@ -169,3 +169,10 @@ def test_ablation_runs_six_configurations_and_writes_a_table(data_dir, tmp_path)
     assert {(r.split("|")[1].strip(), r.split("|")[2].strip(), r.split("|")[3].strip()) for r in rows} == {
         (l, t, v) for l in ("no", "yes") for t, v in (("0.25", "0.2"), ("0.5", "0.2"), ("0.5", "0.5"))
     }
+    # Again with another recipe on the same --out: refused by the first run's recipe check, nothing changed.
+    before = {p: p.read_bytes() for p in (tmp_path / "abl").rglob("*") if p.is_file()}
+    with pytest.raises(SystemExit) as exc:
+        ablation_classifier.main(["--data-dir", data_dir, "--out", str(tmp_path / "abl"), "--epochs", "1",
+                                  "--subset", "32", "--test-subset", "16", "--batch-size", "16", "--workers", "0"])
+    assert exc.value.code == 2 and "subset: run has 16, now 32" in capsys.readouterr().err
+    assert {p: p.read_bytes() for p in (tmp_path / "abl").rglob("*") if p.is_file()} == before
