@@ -8,7 +8,6 @@ output neurons vote in groups of 10; the prediction is the class with the highes
 from dataclasses import asdict, dataclass, field
 from typing import Dict, List, Optional
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -151,50 +150,6 @@ class SpikingClassifier(nn.Module):
     def neurons(self) -> Dict[str, ALIF]:
         """The ALIF layers by name, in order."""
         return {name: m for name, m in self.named_modules() if isinstance(m, ALIF)}
-
-
-class FiringMonitor:
-    """Counts the output spikes of spiking layers ({name: module}, e.g. ``model.neurons()``),
-    separately for training and evaluation passes, through forward hooks; the totals stay on the
-    device (no sync per batch).
-
-    ``rates(mode)`` returns {layer: spikes per neuron per time step} since the last ``clear()``.
-    """
-
-    MODES = ("train", "eval")
-
-    def __init__(self, layers: Dict[str, nn.Module]):
-        self.totals: Dict[str, Dict[str, List]] = {mode: {} for mode in self.MODES}
-        self.handles = [m.register_forward_hook(self._hook(name)) for name, m in layers.items()]
-
-    def _hook(self, name: str):
-        def hook(module, inputs, spikes):
-            entry = self.totals["train" if module.training else "eval"].setdefault(name, [0.0, 0])
-            entry[0] = entry[0] + spikes.detach().float().sum()
-            entry[1] += spikes.numel()
-        return hook
-
-    def rates(self, mode: str = "train") -> Dict[str, float]:
-        return {name: float(total) / max(count, 1) for name, (total, count) in self.totals[mode].items()}
-
-    def clear(self) -> None:
-        self.totals = {mode: {} for mode in self.MODES}
-
-    def remove(self) -> None:
-        for h in self.handles:
-            h.remove()
-
-
-def firing_warnings(rates: Dict[str, float], low: float = 0.01, high: float = 0.99) -> List[str]:
-    """A sentence for each layer whose firing rate is below `low` or above `high`: a silent or
-    saturated layer passes (almost) no information and its surrogate gradient is (almost) zero."""
-    out = []
-    for name, rate in rates.items():
-        if rate < low or rate > high:
-            kind = "silent" if rate < low else "saturated"
-            out.append(f"layer {name} fired at {100 * rate:.2f}% of its neuron-steps ({kind}: outside "
-                       f"{100 * low:g}%..{100 * high:g}%); the network has likely stopped learning there")
-    return out
 
 
 def rate_mse_loss(rates: Tensor, labels: Tensor) -> Tensor:

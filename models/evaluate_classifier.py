@@ -17,9 +17,10 @@ import torch
 from torch.utils.data import DataLoader, Subset
 
 from . import training as tr
-from .classifiers import ClassifierConfig, FiringMonitor, SpikingClassifier, firing_warnings
+from .classifiers import ClassifierConfig, SpikingClassifier
 from .data import DEFAULT_DATA_DIR, check_data_dir, classification_dataset
-from .train_classifier import FiringRateWarning, HelpFormatter, evaluate
+from .train_classifier import HelpFormatter, evaluate
+from .training import FiringMonitor, FiringRateWarning, firing_warnings
 
 
 def main(argv: Optional[List[str]] = None) -> Dict:

@@ -17,15 +17,14 @@ and writes.
 import argparse
 import math
 import sys
-import warnings
 from typing import Dict, List, Optional
 
 import torch
 
 from . import training as tr
-from .classifiers import (NEURON_PRESETS, FiringMonitor, NeuronConfig, SpikingClassifier, firing_warnings,
-                          rate_mse_loss, table8_config)
+from .classifiers import NEURON_PRESETS, NeuronConfig, SpikingClassifier, rate_mse_loss, table8_config
 from .data import check_data_dir, classification_dataset, classifier_transforms
+from .training import FiringRateWarning  # noqa: F401 (the warning its runs give, re-exported)
 
 DATASETS = ("mnist", "fashion", "cifar10")
 # The neuron options a --neuron preset fills in when they are not given.
@@ -121,10 +120,6 @@ def model_config(args: argparse.Namespace):
     return table8_config(args.dataset, T=args.T, neuron=neuron, second_dropout=not args.no_second_dropout)
 
 
-class FiringRateWarning(UserWarning):
-    """A layer fired below 1% or above 99% of its neuron-steps over an epoch."""
-
-
 def neuron_values(model: SpikingClassifier) -> Dict[str, Dict[str, float]]:
     """The learned tau and v_th of each ALIF layer (mean, min and max when per channel)."""
     out = {}
@@ -176,7 +171,6 @@ def main(argv: Optional[List[str]] = None) -> SpikingClassifier:
         args.cosine_tmax = args.epochs
     cfg = model_config(args)
     model = SpikingClassifier(cfg).to(device)
-    monitor = FiringMonitor(model.neurons())
     optimizer = torch.optim.Adam(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
 
     def train_step(net, batch, epoch):
@@ -186,19 +180,10 @@ def main(argv: Optional[List[str]] = None) -> SpikingClassifier:
         loss = rate_mse_loss(rates.float(), labels)
         return loss, {"acc": 100.0 * (rates.detach().argmax(1) == labels).sum()}, labels.numel()
 
-    epochs_done = [ckpt["epoch"] if ckpt is not None else 0]
-
     def epoch_info(model):
-        """Tau and v_th per layer and the firing rates of this epoch's training passes (the test
-        set's are fit()'s firing_rate); warns about layers silent or saturated in either."""
-        train_rates = {k: round(v, 6) for k, v in monitor.rates("train").items()}
-        test_rates = monitor.rates("eval")
-        monitor.clear()
-        epochs_done[0] += 1
-        for where, rates in (("training", train_rates), ("test", test_rates)):
-            for message in firing_warnings(rates):
-                warnings.warn(f"epoch {epochs_done[0]} ({where}): {message}", FiringRateWarning, stacklevel=1)
-        return {"neurons": neuron_values(model), "train_firing_rate": train_rates}
+        """Tau and v_th per layer (fit() records the firing rates and warns about silent or
+        saturated layers)."""
+        return {"neurons": neuron_values(model)}
 
     def evaluate_test(model, loader):
         loss, acc, _ = evaluate(model, loader, device, args.amp)
@@ -213,7 +198,7 @@ def main(argv: Optional[List[str]] = None) -> SpikingClassifier:
         test_set=classification_dataset(args.dataset, args.data_dir, train=False, download=args.download),
         train_step=train_step, evaluate=evaluate_test, model_config=cfg.to_dict(), best=("test_acc", "max"),
         curves=[("loss", ["train_loss", "test_loss"]), ("accuracy (%)", ["train_acc", "test_acc"])],
-        title=f"training {args.dataset} T={args.T}", epoch_info=epoch_info,
+        title=f"training {args.dataset} T={args.T}", epoch_info=epoch_info, warn_firing=True,
     )
     return tr.fit(job, args, d, device, ckpt)
 

@@ -6,8 +6,9 @@ import pytest
 import torch
 
 from alif_cuda import ALIF
-from models.classifiers import (NEURON_PRESETS, FiringMonitor, NeuronConfig, SpikingClassifier, build_classifier,
-                                firing_warnings, rate_mse_loss, table8_config)
+from models.classifiers import (NEURON_PRESETS, NeuronConfig, SpikingClassifier, build_classifier, rate_mse_loss,
+                                table8_config)
+from models.training import FiringMonitor, firing_warnings
 
 
 def test_mnist_network_matches_table8():

@@ -137,7 +137,7 @@ def test_an_atomic_write_replaces_a_link_at_its_destination(tmp_path, victim):
     tr.write_json_atomic({"a": 1}, tmp_path / "summary.json")
     assert not (tmp_path / "summary.json").is_symlink() and victim.read_bytes() == VICTIM
     assert json.loads((tmp_path / "summary.json").read_text()) == {"a": 1}
-    assert stat.S_IMODE((tmp_path / "summary.json").stat().st_mode) == 0o666 & ~tr._UMASK
+    assert stat.S_IMODE((tmp_path / "summary.json").stat().st_mode) == 0o666 & ~tr.files._UMASK
 
 
 def test_appending_metrics_refuses_a_link(tmp_path, victim):
@@ -209,7 +209,7 @@ def test_a_kill_between_the_picture_and_the_summary_is_completed_on_resume(data_
     with pytest.raises(SimulatedKill):
         run(data_dir, out, "--epochs", "1")
     assert (out / tr.CURVES).is_file() and not (out / tr.SUMMARY).exists()
-    monkeypatch.setattr(tr, "fault_point", lambda name: None)
+    monkeypatch.setattr(tr.files, "fault_point", lambda name: None)
     capsys.readouterr()
     run(data_dir, out, "--resume", "--epochs", "1")
     captured = capsys.readouterr()
@@ -243,7 +243,7 @@ def test_a_full_disk_at_the_start_is_a_usage_error_and_leaves_nothing(data_dir, 
     def full(*args, **kwargs):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
-    monkeypatch.setattr(tr.tempfile, "mkstemp", full)
+    monkeypatch.setattr(tr.files.tempfile, "mkstemp", full)
     err = refused(data_dir, tmp_path / "r", capsys=capsys)
     assert "cannot create or write the run directory" in err and "no space left on device" in err.lower()
     assert not (tmp_path / "r").exists()

@@ -1,4 +1,4 @@
-"""The shared training driver (models/training.py) under faults, on the tiny network of
+"""The shared training driver (models/training/) under faults, on the tiny network of
 tiny_run.py: kills at chosen moments (simulated by raising there, and one real SIGKILL), damaged
 and crafted checkpoints, a full disk, two writers, Ctrl-C, bad run directories, and the run's
 user-facing output (progress, summary, help, curves)."""
@@ -34,10 +34,10 @@ def quick_curves(monkeypatch):
     """matplotlib takes seconds per figure here: the runs write a placeholder curves.png built
     from the same panels (the curves test draws the real one)."""
     def plot(run_dir, records, pairs):
-        tr._panels(records, list(pairs))
+        tr.curves._panels(records, list(pairs))
         tr.write_bytes_atomic(b"placeholder", Path(run_dir) / tr.CURVES)
 
-    monkeypatch.setattr(tr, "plot_curves", plot)
+    monkeypatch.setattr(tr.curves, "plot_curves", plot)
 
 
 class SimulatedKill(BaseException):
@@ -84,7 +84,7 @@ def kill_at(monkeypatch, point, occurrence):
             if len(seen) == occurrence:
                 raise SimulatedKill(f"killed at {point} #{occurrence}")
 
-    monkeypatch.setattr(tr, "fault_point", fault)
+    monkeypatch.setattr(tr.files, "fault_point", fault)
 
 
 # ---- item 3: a kill at any moment leaves a run that --resume continues exactly ----------------
@@ -98,7 +98,7 @@ def test_a_kill_at_each_point_resumes_bitwise_exact(data_dir, tmp_path, monkeypa
     kill_at(monkeypatch, point, occurrence)
     with pytest.raises(SimulatedKill):
         run(data_dir, tmp_path / "cut")
-    monkeypatch.setattr(tr, "fault_point", lambda name: None)
+    monkeypatch.setattr(tr.files, "fault_point", lambda name: None)
     assert not list((tmp_path / "cut").glob(".*.tmp-*"))
     resumed = run(data_dir, tmp_path / "cut", "--resume")
     assert_same_run(full, resumed, tmp_path / "cut")
@@ -212,7 +212,7 @@ def test_a_full_disk_says_so_and_leaves_the_last_checkpoint_resumable(data_dir, 
                 raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
         return real_write(fd, data)
 
-    monkeypatch.setattr(tr.os, "write", write)
+    monkeypatch.setattr(os, "write", write)
     with pytest.raises(SystemExit) as exc:
         run(data_dir, tmp_path / "r")
     assert exc.value.code == 1
@@ -222,7 +222,7 @@ def test_a_full_disk_says_so_and_leaves_the_last_checkpoint_resumable(data_dir, 
     assert tr.load_checkpoint(tmp_path / "r" / "checkpoint.pt")["epoch"] == 1
     assert not list((tmp_path / "r").glob(".*.tmp-*"))
     assert [r["epoch"] for r in tr.read_metrics(tmp_path / "r")] == [1]
-    monkeypatch.setattr(tr.os, "write", real_write)
+    monkeypatch.setattr(os, "write", real_write)
     assert_same_run(full, run(data_dir, tmp_path / "r", "--resume"), tmp_path / "r")
 
 
@@ -348,7 +348,7 @@ def test_bad_run_directories_are_explained(data_dir, tmp_path, capsys, monkeypat
     def denied(run_dir, command):
         raise PermissionError(errno.EACCES, "Permission denied")
 
-    monkeypatch.setattr(tr, "acquire_lock", denied)
+    monkeypatch.setattr(tr.rundir, "acquire_lock", denied)
     with pytest.raises(SystemExit):
         run(data_dir, tmp_path / "ro")
     assert "cannot create or write the run directory (Permission denied)" in capsys.readouterr().err
@@ -390,7 +390,7 @@ def test_resume_with_fewer_epochs_than_done_and_a_finished_run(data_dir, finishe
 def test_atomic_writes_fsync_the_file_and_the_directory(tmp_path, monkeypatch):
     synced = []
     real = os.fsync
-    monkeypatch.setattr(tr.os, "fsync", lambda fd: (synced.append(os.readlink(f"/proc/self/fd/{fd}")), real(fd)))
+    monkeypatch.setattr(os, "fsync", lambda fd: (synced.append(os.readlink(f"/proc/self/fd/{fd}")), real(fd)))
     tr.save_atomic({"x": torch.ones(2)}, tmp_path / "c.pt")
     assert len(synced) == 2 and synced[1] == str(tmp_path)
     assert re.fullmatch(re.escape(str(tmp_path / ".c.pt.tmp-")) + r"\w{6,}", synced[0]), synced
@@ -478,7 +478,7 @@ def test_bar_progress_shows_the_run_eta(data_dir, tmp_path, capsys):
 def test_a_gpu_scale_run_on_the_cpu_is_warned_about(data_dir, tmp_path, capsys, monkeypatch):
     run(data_dir, tmp_path / "small", "--epochs", "1")
     assert "GPU-scale" not in capsys.readouterr().err
-    monkeypatch.setattr(tr, "CPU_SCALE_IMAGES", 47)  # one epoch of 24 images: under; three: over
+    monkeypatch.setattr(tr.loop, "CPU_SCALE_IMAGES", 47)  # one epoch of 24 images: under; three: over
     run(data_dir, tmp_path / "big")
     assert "warning: this is a GPU-scale run on a CPU (3 epochs x 24 images)" in capsys.readouterr().err
 
@@ -511,11 +511,11 @@ def test_curves_hold_per_step_loss_firing_rates_tau_and_v_th(data_dir, tmp_path)
     run(data_dir, tmp_path / "r", "--epochs", "2")
     records = tr.read_metrics(tmp_path / "r")
     for r in records:
-        assert 0 <= r["firing_rate"]["neuron"] <= 1
+        assert 0 <= r["firing_rate"]["neuron"] <= 1 and 0 <= r["train_firing_rate"]["neuron"] <= 1
         assert len(r["train_loss_steps"]) == 3
-    panels = {title: lines for title, _, lines in tr._panels(records, [("loss", ["train_loss", "test_loss"])])}
+    panels = {title: lines for title, _, lines in tr.curves._panels(records, [("loss", ["train_loss", "test_loss"])])}
     assert list(panels) == ["loss", "training loss per step (chunk means)", "firing rate per layer (test)",
-                            "tau per layer", "v_th per layer"]
+                            "firing rate per layer (training)", "tau per layer", "v_th per layer"]
     steps, losses = panels["training loss per step (chunk means)"]["train_loss"]
     assert steps == [1, 2, 3, 4, 5, 6] and losses[0] == records[0]["train_loss_steps"][0][1]
     assert panels["tau per layer"]["neuron"] == ([1, 2], [r["neurons"]["neuron"]["tau"] for r in records])
@@ -526,31 +526,41 @@ def test_curves_hold_per_step_loss_firing_rates_tau_and_v_th(data_dir, tmp_path)
 
 def test_step_curve_keeps_at_most_the_point_budget():
     losses = [torch.tensor(float(i)) for i in range(250)]
-    curve = tr._step_curve(losses, first_step=1000)
+    curve = tr.curves.step_curve(losses, first_step=1000)
     assert len(curve) == 84 and curve[0] == [1003, 1.0] and curve[-1] == [1250, 249.0]
 
 
 def test_firing_rates_count_spikes_per_neuron_per_step():
     model = tiny_run.Tiny(hidden=5)
-    counter = tr.SpikeCounter(tr.default_spiking_layers(model))
+    monitor = tr.FiringMonitor(tr.default_spiking_layers(model))
     x = torch.randn(4, 1, 28, 28)
     with torch.no_grad():
         current = model.fc1(x.flatten(1))
         spikes = model.neuron(current.unsqueeze(0).expand(2, *current.shape))
         model(x)
-    counter.remove()
-    assert counter.rates() == {"neuron": round(spikes.mean().item(), 6)}
+    monitor.remove()
+    assert monitor.rates("train") == pytest.approx({"neuron": spikes.mean().item()}, rel=1e-6)
+    assert monitor.rates("eval") == {}
 
 
-def test_silent_and_saturated_layers_are_warned_about(capsys):
-    tr.warn_firing_rates(3, {"a": 0.004, "b": 0.5, "c": 0.995})
-    assert capsys.readouterr().err.splitlines() == [
-        "warning: epoch 3: layer a fired at 0.0040 on the test set (silent: < 1%)",
-        "warning: epoch 3: layer c fired at 0.9950 on the test set (saturated: > 99%)",
-    ]
+def test_silent_and_saturated_layers_are_warned_about_in_training_and_on_the_test_set(data_dir, tmp_path, monkeypatch):
+    """A job with warn_firing: a FiringRateWarning per layer outside [1 %, 99 %], naming the epoch
+    and where (here the thresholds are moved so that the tiny run's layer is outside)."""
+    monkeypatch.setattr(tr.loop, "firing_warnings", lambda rates: tr.firing_warnings(rates, low=0.999, high=1.0))
+    real_job = tr.Job
+    monkeypatch.setattr(tr, "Job", lambda **kw: real_job(**kw, warn_firing=True))
+    with pytest.warns(tr.FiringRateWarning) as caught:
+        run(data_dir, tmp_path / "r", "--epochs", "1")
+    messages = sorted(str(w.message) for w in caught if issubclass(w.category, tr.FiringRateWarning))
+    assert len(messages) == 2
+    assert messages[0].startswith("epoch 1 (test): layer neuron fired at ")
+    assert messages[1].startswith("epoch 1 (training): layer neuron fired at ")
+    assert all("(silent: outside 99.9%..100%)" in m for m in messages)
+    record = tr.read_metrics(tmp_path / "r")[0]
+    assert set(record["firing_rate"]) == set(record["train_firing_rate"]) == {"neuron"}
 
 
 def test_training_firing_rates_get_their_own_panel():
     records = [{"epoch": 1, "train_firing_rate": {"x": 0.25}}, {"epoch": 2, "train_firing_rate": {"x": 0.5}}]
-    panels = {title: lines for title, _, lines in tr._panels(records, [])}
+    panels = {title: lines for title, _, lines in tr.curves._panels(records, [])}
     assert panels == {"firing rate per layer (training)": {"x": ([1, 2], [0.25, 0.5])}}

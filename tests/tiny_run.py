@@ -1,4 +1,4 @@
-"""A tiny training entry point on the shared driver (models/training.py) for the run tests: a
+"""A tiny training entry point on the shared driver (models/training/) for the run tests: a
 784-16-10 network with one ALIF layer over T=2 steps, trained on the tiny MNIST files of
 classifier_data.py in milliseconds per step. Runnable as a script (the SIGKILL test does).
 
