@@ -6,8 +6,9 @@ from torch import Tensor, nn
 
 def repeat_over_time(x: Tensor, T: int) -> Tensor:
     """x (B, ...) seen as (T, B, ...) without copying (stride 0 over T): the static input of a
-    first spiking layer, which :func:`alif_cuda.alif` reads once."""
-    if not isinstance(T, int) or T < 1:
+    first spiking layer, which :func:`alif_cuda.alif` reads once. T may be a SymInt (a traced
+    x.shape[0])."""
+    if not isinstance(T, (int, torch.SymInt)) or T < 1:
         raise ValueError(f"repeat_over_time: T must be a positive int, got {T!r}")
     return x.unsqueeze(0).expand(T, *x.shape)
 

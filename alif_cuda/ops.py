@@ -10,7 +10,7 @@ from typing import Optional, Tuple, Union
 import torch
 from torch import Tensor
 
-from .reference import check_alif_options, check_taid_options, resolve_alpha
+from .reference import check_alif_options, check_taid_options, known_number, resolve_alpha
 
 REBUILD_COMMAND = (
     "FORCE_CUDA=1 CUDA_HOME=/usr/local/cuda pip install --no-build-isolation --force-reinstall ."
@@ -161,28 +161,47 @@ def _alif_bwd_saved_h_fake(
 
 # Python floats become tensors once per (value, dtype, device): torch.tensor(v, device="cuda")
 # would copy from pageable host memory and synchronise on every call. A cached tensor is never
-# evicted: a CUDA graph captured with it reads its memory at every replay. Past the cap, and while
-# a CUDA stream is being captured (the tensor would be filled only when the graph first runs), a
-# value gets a fresh tensor (one fill kernel, no sync) that is not kept.
+# evicted: a CUDA graph captured with it reads its memory at every replay. Only a plain eager call
+# adds to the cache: a tensor made under torch.inference_mode() (autograd cannot save it for
+# backward), under any dispatch mode (fake, proxy, functional or a user's: it may not be a real
+# tensor), while torch.compile traces, while a CUDA stream is captured (its fill runs only when the
+# graph does) or past the cap is fresh and not kept. Inference mode and a user's dispatch mode are
+# handed cached tensors (real, normal ones); a fake, proxy or functional mode and torch.compile
+# never are (they make their own, in their graph).
 _PARAM_CACHE = {}
 _PARAM_CACHE_MAX = 256
+
+
+# The dispatch modes that trace (their tensors are not real ones): fake, proxy, functional.
+_TRACING_MODE_KEYS = tuple(torch._C._TorchDispatchModeKey.__members__.values())
+
+
+def _tracing_mode_active() -> bool:
+    return any(torch._C._get_dispatch_mode(key) is not None for key in _TRACING_MODE_KEYS)
 
 
 def _as_param(name: str, value: Union[float, Tensor], x: Tensor, compiling: bool) -> Tensor:
     if isinstance(value, Tensor):
         return value
+    dtype = _state_dtype(x.dtype)
+    if compiling or not known_number(value):
+        # Part of the traced graph, and a symbolic float has no value to check here. Added to a
+        # zero, not given to torch.full: Dynamo turns a float input into a graph tensor only where
+        # it meets tensor arithmetic, and specialises it (a recompile per value) in a factory.
+        return torch.zeros((), dtype=dtype, device=x.device) + value
     value = float(value)
     if not math.isfinite(value):
         raise ValueError(f"alif: {name} must be finite, got {value}")
-    dtype = _state_dtype(x.dtype)
-    if compiling:
+    in_mode = torch._C._len_torch_dispatch_stack() > 0
+    if in_mode and _tracing_mode_active():
         return torch.full((), value, dtype=dtype, device=x.device)
     key = (value, dtype, x.device)
     t = _PARAM_CACHE.get(key)
     if t is None:
         t = torch.full((), value, dtype=dtype, device=x.device)
+        plain = not in_mode and not torch.is_inference_mode_enabled()
         capturing = x.is_cuda and torch.cuda.is_current_stream_capturing()
-        if len(_PARAM_CACHE) < _PARAM_CACHE_MAX and not capturing:
+        if plain and not capturing and len(_PARAM_CACHE) < _PARAM_CACHE_MAX:
             _PARAM_CACHE[key] = t
     return t
 

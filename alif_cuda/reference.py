@@ -24,19 +24,31 @@ def resolve_alpha(surrogate: str, alpha: Optional[float]) -> float:
     return DEFAULT_ALPHA.get(surrogate, 2.0)
 
 
+_SYMBOLIC_NUMBERS = (torch.SymInt, torch.SymFloat)
+
+
+def known_number(value) -> bool:
+    """Whether a number's value can be checked in Python: False for a SymInt/SymFloat and for any
+    number met while torch.compile traces (Dynamo shows its symbolic numbers as plain ones, so
+    they cannot be told apart, and math.isfinite on them is a graph break). The C++ ops check
+    width and alpha again when they run."""
+    return not (isinstance(value, _SYMBOLIC_NUMBERS) or torch.compiler.is_compiling())
+
+
 def check_alif_options(
     surrogate: str, width: float, alpha: float, reset: str, tau_param: str = "direct"
 ) -> None:
-    """Raise ValueError for an unknown surrogate/reset/tau_param or a non-positive width/alpha."""
+    """Raise ValueError for an unknown surrogate/reset/tau_param or a non-positive width/alpha
+    (width and alpha when their values are known: see :func:`known_number`)."""
     if tau_param not in TAU_PARAMS:
         raise ValueError(f"alif: tau_param must be one of {TAU_PARAMS}, got {tau_param!r}")
     if surrogate not in SURROGATES:
         raise ValueError(f"alif: surrogate must be one of {SURROGATES}, got {surrogate!r}")
     if reset not in RESETS:
         raise ValueError(f"alif: reset must be one of {RESETS}, got {reset!r}")
-    if not (math.isfinite(width) and width > 0):
+    if known_number(width) and not (math.isfinite(width) and width > 0):
         raise ValueError(f"alif: the rect surrogate's width must be > 0, got {width}")
-    if not (math.isfinite(alpha) and alpha > 0):
+    if known_number(alpha) and not (math.isfinite(alpha) and alpha > 0):
         raise ValueError(f"alif: the atan/sigmoid surrogate's alpha must be > 0, got {alpha}")
 
 

@@ -24,6 +24,7 @@ from spikingjelly.activation_based import surrogate as sj_surrogate
 from torch import Tensor, nn
 
 from .ops import alif
+from .reference import known_number
 
 _SURROGATES = {sj_surrogate.ATan: "atan", sj_surrogate.Sigmoid: "sigmoid", sj_surrogate.Rect: "rect"}
 
@@ -40,7 +41,10 @@ def _surrogate_or_reason(fn) -> Tuple[Optional[dict], Optional[str]]:
     if not fn.spiking:
         return None, f"surrogate {type(fn).__name__} has spiking=False (its forward is not a spike)"
     alpha = fn.alpha
-    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not (math.isfinite(alpha) and alpha > 0):
+    # Under torch.compile alpha may be symbolic: then the op checks its value when it runs.
+    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or (
+        known_number(alpha) and not (math.isfinite(alpha) and alpha > 0)
+    ):
         return None, f"surrogate {type(fn).__name__}'s alpha must be a finite number > 0, got {alpha!r}"
     if name == "rect":
         return dict(surrogate="rect", width=1.0 / alpha, alpha=None), None
