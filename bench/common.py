@@ -1,11 +1,13 @@
 """What every benchmark script shares: timing, the device's copy bandwidth, peak memory, and
 writing results (JSON records plus a Markdown table) under bench/results/ with the device named."""
 import json
+import os
 import platform
 import re
 import statistics
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Optional
 
@@ -41,6 +43,22 @@ def time_ms(fn, device: torch.device, reps: int = 20, warmup: int = 3) -> float:
     return statistics.median(times)
 
 
+@contextmanager
+def _quiet_stderr():
+    """File descriptor 2 sent to /dev/null: the profiler's C++ side (Kineto) prints lines such as
+    "USDT: ... profiler_start" there as it starts and stops, whatever its log level, and they would
+    land between a benchmark's table rows. Only the start and stop are silenced, never fn()."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
 def peak_extra_mb(fn, device: torch.device):
     """Memory fn() allocates at its peak beyond what was allocated before it, in MB.
     CUDA: the caching allocator's peak statistic. CPU: the peak of the running sum of the
@@ -56,8 +74,14 @@ def peak_extra_mb(fn, device: torch.device):
         return (torch.cuda.max_memory_allocated(device) - before) / 2**20
     from torch.profiler import ProfilerActivity, profile
 
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+    prof = profile(activities=[ProfilerActivity.CPU], profile_memory=True)
+    with _quiet_stderr():
+        prof.start()
+    try:
         fn()
+    finally:
+        with _quiet_stderr():
+            prof.stop()
     events = sorted((e.start_ns(), e.nbytes()) for e in prof.profiler.kineto_results.events()
                     if e.name() == "[memory]" and e.device_type() == torch.autograd.DeviceType.CPU)
     live = peak = 0

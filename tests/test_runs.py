@@ -26,9 +26,6 @@ FAST = ["--workers", "0", "--progress", "none", "--epochs", "3"]
 TIMING = {"images_per_s", "wall_time_s", "peak_gpu_mb"}
 
 
-REAL_PLOT = tr.plot_curves
-
-
 @pytest.fixture(autouse=True)
 def quick_curves(monkeypatch):
     """matplotlib takes seconds per figure here: the runs write a placeholder curves.png built
@@ -487,7 +484,7 @@ def test_help_describes_every_shared_option_with_its_default():
     parser = tiny_run.build_parser()
     text = parser.format_help()
     shared = [a for a in parser._actions if a.option_strings and a.dest not in ("help", "hidden", "halt_after_steps")]
-    assert len(shared) == 17
+    assert len(shared) == 19  # with --probes and --probe-size
     for action in shared:
         assert action.help and ("default" in action.help or action.required), action.dest
     assert "%(default)" not in text and "(default: 0.01)" in text and "(default: this checkout's data/" in text
@@ -505,29 +502,6 @@ def test_workers_are_capped_by_the_cpus_and_data_defaults_to_the_shipped_copy(tm
     assert not (tmp_path / "s").exists()  # validation creates nothing
     assert args.workers == min(4, tr.cpu_count())
     assert Path(args.data_dir) == ROOT / "data" and (Path(args.data_dir) / "MNIST" / "raw" / "SHA256SUMS").is_file()
-
-
-def test_curves_hold_per_step_loss_firing_rates_tau_and_v_th(data_dir, tmp_path):
-    run(data_dir, tmp_path / "r", "--epochs", "2")
-    records = tr.read_metrics(tmp_path / "r")
-    for r in records:
-        assert 0 <= r["firing_rate"]["neuron"] <= 1 and 0 <= r["train_firing_rate"]["neuron"] <= 1
-        assert len(r["train_loss_steps"]) == 3
-    panels = {title: lines for title, _, lines in tr.curves._panels(records, [("loss", ["train_loss", "test_loss"])])}
-    assert list(panels) == ["loss", "training loss per step (chunk means)", "firing rate per layer (test)",
-                            "firing rate per layer (training)", "tau per layer", "v_th per layer"]
-    steps, losses = panels["training loss per step (chunk means)"]["train_loss"]
-    assert steps == [1, 2, 3, 4, 5, 6] and losses[0] == records[0]["train_loss_steps"][0][1]
-    assert panels["tau per layer"]["neuron"] == ([1, 2], [r["neurons"]["neuron"]["tau"] for r in records])
-    assert panels["firing rate per layer (test)"]["neuron"][1] == [r["firing_rate"]["neuron"] for r in records]
-    REAL_PLOT(tmp_path, records, [("loss", ["train_loss", "test_loss"])])
-    assert (tmp_path / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-
-
-def test_step_curve_keeps_at_most_the_point_budget():
-    losses = [torch.tensor(float(i)) for i in range(250)]
-    curve = tr.curves.step_curve(losses, first_step=1000)
-    assert len(curve) == 84 and curve[0] == [1003, 1.0] and curve[-1] == [1250, 249.0]
 
 
 def test_firing_rates_count_spikes_per_neuron_per_step():
@@ -558,9 +532,3 @@ def test_silent_and_saturated_layers_are_warned_about_in_training_and_on_the_tes
     assert all("(silent: outside 99.9%..100%)" in m for m in messages)
     record = tr.read_metrics(tmp_path / "r")[0]
     assert set(record["firing_rate"]) == set(record["train_firing_rate"]) == {"neuron"}
-
-
-def test_training_firing_rates_get_their_own_panel():
-    records = [{"epoch": 1, "train_firing_rate": {"x": 0.25}}, {"epoch": 2, "train_firing_rate": {"x": 0.5}}]
-    panels = {title: lines for title, _, lines in tr.curves._panels(records, [])}
-    assert panels == {"firing rate per layer (training)": {"x": ([1, 2], [0.25, 0.5])}}

@@ -42,7 +42,7 @@ def _note(message: str) -> None:
 # --test-subset is not among them: the best epoch is picked by test scores, which must all come
 # from the same test images.
 RUN_ONLY = {"out", "resume", "workers", "device", "data_dir", "download", "halt_after_steps", "epochs", "progress",
-            "log_every", "keep_optimizer", "stop_on_nonfinite"}
+            "log_every", "keep_optimizer", "stop_on_nonfinite", "probes", "probe_size"}
 # torch.manual_seed takes seeds below 2**64; process k of torchrun uses seed + k.
 SEED_LIMIT = 2**63
 # What the driver itself keeps in args (never part of the recipe).
@@ -76,6 +76,13 @@ def add_run_args(p, *, epochs: int, batch_size: int, lr: float, seed: int) -> No
                    help="train on the first N training images, for short runs (default: all)")
     p.add_argument("--test-subset", type=int, default=None,
                    help="evaluate on the first N test images, for short runs (default: all)")
+    p.add_argument("--probes", type=int, default=None,
+                   help="test-set evaluations inside each epoch, evenly spaced, on the first --probe-size test "
+                        "images, for the test curve of a short run; they change nothing in the training "
+                        "(default: auto, 4 in a run of fewer than 5 epochs when they cost at most about 10 %% of "
+                        "its training time, else 0)")
+    p.add_argument("--probe-size", type=int, default=256,
+                   help="test images each probe evaluates (the first ones) (default: %(default)s)")
     p.add_argument("--resume", action="store_true",
                    help="continue the run in --out from its checkpoint (from the beginning, saying so, when it has "
                         "none yet) (default: %(default)s)")
@@ -107,7 +114,9 @@ def validate_run_args(args, parser, check_data) -> None:
         parser.error(f"--lr must be > 0, got {args.lr}")
     if not 0 <= args.seed < SEED_LIMIT:
         parser.error(f"--seed must be in [0, 2**63), got {args.seed}")
-    for name in ("subset", "test_subset"):
+    if args.probes is not None and args.probes < 0:
+        parser.error(f"--probes must be >= 0, got {args.probes}")
+    for name in ("subset", "test_subset", "probe_size"):
         value = getattr(args, name)
         if value is not None and value < 1:
             parser.error(f"--{name.replace('_', '-')} must be >= 1, got {value}")

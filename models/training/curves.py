@@ -1,77 +1,112 @@
-"""curves.png: the entry point's per-epoch panels, the per-step training loss, and each layer's
-firing rates, tau and v_th, from the records of metrics.jsonl."""
+"""curves.png, from the records of metrics.jsonl: the entry point's panels (losses, accuracy, ...),
+then each spiking layer's firing rate in training and on the test set, and each neuron layer's
+tau and v_th (its mean, with the range shaded when per channel).
+
+The x axis is the step when a run has fewer than STEP_AXIS_EPOCHS epochs (the step series
+every epoch record holds, the test probes and the epoch-end evaluations), the epoch otherwise.
+A panel with no line of two points or more is left out."""
 import io
 import math
 from pathlib import Path
-from typing import Dict, Iterable, List, Optional
-
-import torch
+from typing import Dict, Iterable, List, Optional, Tuple
 
 from .files import CURVES, write_bytes_atomic
 
-STEP_LOSS_POINTS = 100  # per-step loss kept per epoch for curves.png (means over chunks of steps)
+STEP_AXIS_EPOCHS = 5
+
+Line = Tuple[List[float], List[float], Optional[Tuple[List[float], List[float]]]]  # xs, ys, (lows, highs)
 
 
-def step_curve(losses: List[torch.Tensor], first_step: int) -> List[List[float]]:
-    """[[global step, mean loss over a chunk of steps]] with at most STEP_LOSS_POINTS points."""
-    if not losses:
-        return []
-    values = torch.stack(losses).double().cpu()
-    chunk = max(1, math.ceil(len(values) / STEP_LOSS_POINTS))
-    return [[first_step + min(i + chunk, len(values)), round(values[i:i + chunk].mean().item(), 6)]
-            for i in range(0, len(values), chunk)]
+def _neuron_value(entry: Dict, attr: str):
+    """(mean, range or None) of tau or v_th in a "neurons" entry (scalar or per channel)."""
+    if attr in entry:
+        return entry[attr], None
+    if f"{attr}_mean" in entry:
+        return entry[f"{attr}_mean"], (entry[f"{attr}_min"], entry[f"{attr}_max"])
+    return None, None
+
+
+def _lines(points: List[Tuple[float, Dict]], field: str, key: Optional[str] = None) -> Dict[str, Line]:
+    """{label: line} from (x, record) pairs: record[field] itself when key is None and it is a
+    number, else one line per layer of the dict record[field] (with key: tau or v_th)."""
+    lines: Dict[str, list] = {}
+    for x, r in points:
+        value = r.get(field)
+        if isinstance(value, (int, float)) and key is None:
+            items = [(field, value, None)]
+        elif isinstance(value, dict):
+            items = []
+            for layer, v in value.items():
+                spread = None
+                if key is not None:
+                    v, spread = _neuron_value(v, key) if isinstance(v, dict) else (None, None)
+                if isinstance(v, (int, float)):
+                    items.append((layer, v, spread))
+        else:
+            continue
+        for label, v, spread in items:
+            xs, ys, lows, highs = lines.setdefault(label, ([], [], [], []))
+            xs.append(x)
+            ys.append(v)
+            lows.append(spread[0] if spread else v)
+            highs.append(spread[1] if spread else v)
+    return {label: (xs, ys, (lows, highs) if lows != ys or highs != ys else None)
+            for label, (xs, ys, lows, highs) in lines.items()}
 
 
 def _panels(records: List[Dict], pairs: List) -> List:
-    """(title, x label, {label: (xs, ys)}) per panel: the entry point's per-epoch pairs, then what
-    the records hold (per-step loss, per-layer firing rates, tau and v_th)."""
-    epochs = [r["epoch"] for r in records]
-    panels = [(title, "epoch", {k: (epochs, [r.get(k) for r in records]) for k in keys}) for title, keys in pairs]
-    steps = [p for r in records for p in r.get("train_loss_steps", [])]
-    if steps:
-        panels.append(("training loss per step (chunk means)", "step",
-                       {"train_loss": ([s for s, _ in steps], [v for _, v in steps])}))
-
-    def per_layer(field: str, key: Optional[str] = None) -> Dict:
-        lines: Dict[str, tuple] = {}
-        for r in records:
-            for layer, value in (r.get(field) or {}).items():
-                if key is not None:
-                    value = value.get(key, value.get(f"{key}_mean")) if isinstance(value, dict) else None
-                if isinstance(value, (int, float)):
-                    xs, ys = lines.setdefault(layer, ([], []))
-                    xs.append(r["epoch"])
-                    ys.append(value)
-        return lines
-
-    for title, field, key in (("firing rate per layer (test)", "firing_rate", None),
-                              ("firing rate per layer (training)", "train_firing_rate", None),
-                              ("tau per layer", "neurons", "tau"), ("v_th per layer", "neurons", "v_th")):
-        lines = per_layer(field, key)
-        if lines:
-            panels.append((title, "epoch", lines))
-    return panels
+    """(title, x label, {label: (xs, ys, range or None)}) per panel, in order: the entry point's
+    (title, [metric keys]) pairs, then firing rates (training, test), tau and v_th."""
+    by_step = len(records) < STEP_AXIS_EPOCHS and any(r.get("steps") for r in records)
+    if by_step:
+        every = [p["step"] for r in records for p in r.get("steps", [])]
+        chunk = every[1] - every[0] if len(every) > 1 else 1
+        xlabel, unit = "step", f"by step (chunks of {chunk} steps)"
+        train = [(p["step"], p) for r in records for p in r.get("steps", [])]
+        test = sorted([(p["step"], p) for r in records for p in r.get("probes", [])] +
+                      [(r.get("step", 0), r) for r in records], key=lambda item: item[0])
+        neurons = train
+    else:
+        xlabel, unit = "epoch", "by epoch"
+        train = test = [(r["epoch"], r) for r in records]
+        # Epoch records hold the entry point's "neurons"; else the epoch's last step point has them.
+        neurons = [(r["epoch"], r if "neurons" in r else (r.get("steps") or [{}])[-1]) for r in records]
+    panels = []
+    for title, keys in pairs:
+        lines = {}
+        for k in keys:
+            lines.update(_lines(train if k.startswith("train_") else test, k))
+        panels.append((f"{title}, {unit}", xlabel, lines))
+    train_rates = "firing_rate" if by_step else "train_firing_rate"
+    for title, points, field, key in (("firing rate per layer (training)", train, train_rates, None),
+                                      ("firing rate per layer (test)", test, "firing_rate", None),
+                                      ("tau per layer", neurons, "neurons", "tau"),
+                                      ("v_th per layer", neurons, "neurons", "v_th")):
+        panels.append((f"{title}, {unit}", xlabel, _lines(points, field, key)))
+    return [(title, xlabel, lines) for title, xlabel, lines in panels
+            if any(len(xs) > 1 for xs, _, _ in lines.values())]
 
 
 def plot_curves(run_dir: Path, records: List[Dict], pairs: Iterable) -> None:
-    """curves.png: one panel per (title, [metric keys]) in `pairs` against epoch, then the
-    per-step training loss and, where the records hold them, per-layer firing rates, tau and v_th."""
+    """curves.png in run_dir: the panels of _panels, three to a row."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     panels = _panels(records, list(pairs))
-    cols = min(3, len(panels))
-    rows = math.ceil(len(panels) / cols)
+    cols = max(1, min(3, len(panels)))
+    rows = max(1, math.ceil(len(panels) / cols))
     fig, axes = plt.subplots(rows, cols, figsize=(5 * cols, 3.5 * rows), squeeze=False)
     for ax in axes.flat[len(panels):]:
         ax.axis("off")
     for ax, (title, xlabel, lines) in zip(axes.flat, panels):
-        for label, (xs, ys) in lines.items():
-            ax.plot(xs, ys, marker="o" if xlabel == "epoch" else None, markersize=3, label=label)
+        for label, (xs, ys, spread) in lines.items():
+            (drawn,) = ax.plot(xs, ys, marker="o" if len(xs) <= 30 else None, markersize=3, label=label)
+            if spread is not None:
+                ax.fill_between(xs, spread[0], spread[1], color=drawn.get_color(), alpha=0.2, linewidth=0)
         ax.set_xlabel(xlabel)
-        ax.set_title(title)
+        ax.set_title(title, fontsize="medium")
         ax.grid(alpha=0.3)
         ax.legend(fontsize="small")
     fig.tight_layout()

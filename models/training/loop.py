@@ -16,11 +16,19 @@ from .cli import _note
 from .env import Dist, device_description, peak_gpu_mb, rng_state, set_rng_state
 from .files import (CHECKPOINT, CURVES, METRICS, SUMMARY, DiskFullError, append_metrics, save_atomic,
                     write_json_atomic, write_metrics)
-from .monitor import FiringMonitor, FiringRateWarning, Progress, Throughput, firing_warnings, format_duration
+from .monitor import (FiringMonitor, FiringRateWarning, Progress, StepSeries, Throughput, firing_warnings,
+                      format_duration)
 from .rundir import _undo_run_dir, recipe, release_lock
 
 # Training more image-epochs than this on a CPU gets a warning (the paper's MNIST recipe is 3.84M).
 CPU_SCALE_IMAGES = 1_000_000
+# A run's training series gets about this many points (chunks of steps) in all.
+SERIES_POINTS = 200
+# --probes auto: this many test-set probes per epoch in runs of fewer than PROBE_EPOCHS epochs, when
+# their estimated cost is at most PROBE_COST of the training time. EVAL_IMAGE_COST is what an
+# evaluated image costs beside a trained one, an upper bound: forward only, in large batches (the
+# MNIST classifier on a CPU evaluates an image in about a quarter of the time it trains one).
+AUTO_PROBES, PROBE_EPOCHS, PROBE_COST, EVAL_IMAGE_COST = 4, 5, 0.10, 0.5
 
 
 @dataclass
@@ -72,7 +80,10 @@ def make_loaders(job: Job, args, d: Dist, device):
     # Its own generator: iterating a loader draws a seed, which must not move the training RNG.
     test_loader = DataLoader(test_set, batch_size=max(args.batch_size, 256), shuffle=False,
                              generator=torch.Generator(), **common)
-    return train_loader, test_loader, sampler
+    probe_set = Subset(test_set, range(min(args.probe_size, len(test_set))))
+    probe_loader = DataLoader(probe_set, batch_size=max(args.batch_size, 256), shuffle=False,
+                              generator=torch.Generator(), num_workers=0, pin_memory=device.type == "cuda")
+    return train_loader, test_loader, sampler, probe_loader
 
 
 def default_spiking_layers(model: torch.nn.Module) -> Dict[str, torch.nn.Module]:
@@ -97,6 +108,51 @@ def _nonfinite(loss: torch.Tensor, model: torch.nn.Module, check_grads: bool) ->
 
 class NonFiniteError(RuntimeError):
     """--stop-on-nonfinite found a NaN or infinity."""
+
+
+def _probes_per_epoch(args, images_per_epoch: int) -> int:
+    """--probes, or for auto: AUTO_PROBES in a run of fewer than PROBE_EPOCHS epochs whose probes
+    would cost at most PROBE_COST of its training time (EVAL_IMAGE_COST per evaluated image),
+    else 0."""
+    if args.probes is not None:
+        return args.probes
+    cost = AUTO_PROBES * args.probe_size * EVAL_IMAGE_COST / max(images_per_epoch, 1)
+    return AUTO_PROBES if args.epochs < PROBE_EPOCHS and cost <= PROBE_COST else 0
+
+
+class Probe:
+    """Test-set evaluations inside an epoch (rank 0), on the first --probe-size test images, at
+    evenly spaced steps: the test curve of a short run. They change nothing in the training: the
+    RNG state is restored after each, the model evaluates in eval mode (no BatchNorm update) and
+    the epoch's firing-rate monitor does not count them."""
+
+    def __init__(self, loader, per_epoch: int, steps: int, monitor: FiringMonitor, layers: Dict):
+        self.loader, self.monitor, self.layers = loader, monitor, layers
+        self.at = {round(steps * (i + 1) / (per_epoch + 1)) for i in range(per_epoch)} - {0, steps}
+        self.points: List[Dict] = []
+
+    def due(self, step_in_epoch: int) -> bool:
+        return step_in_epoch in self.at
+
+    def run(self, run: "Run", global_step: int) -> None:
+        device = run.device
+        counter = FiringMonitor(self.layers)
+        self.monitor.paused = True
+        try:
+            with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+                metrics = run.job.evaluate(run.job.model, self.loader)
+        finally:
+            counter.remove()
+            self.monitor.paused = False
+        point = {"step": global_step, **metrics}
+        rates = counter.rates("eval")
+        if rates:
+            point["firing_rate"] = {k: round(v, 6) for k, v in rates.items()}
+        self.points.append(point)
+
+    def take(self) -> List[Dict]:
+        points, self.points = self.points, []
+        return points
 
 
 @dataclass
@@ -151,13 +207,17 @@ def _fit(job: Job, args, d: Dist, device: torch.device, ckpt: Optional[Dict]) ->
     net = job.model
     if d.world > 1:
         net = DistributedDataParallel(job.model, device_ids=[device.index] if device.type == "cuda" else None)
-    train_loader, test_loader, sampler = make_loaders(job, args, d, device)
+    train_loader, test_loader, sampler, probe_loader = make_loaders(job, args, d, device)
     images = (args.epochs - run.start_epoch) * len(sampler) * d.world
     if d.main and device.type == "cpu" and images > CPU_SCALE_IMAGES:
         _note(f"warning: this is a GPU-scale run on a CPU ({args.epochs - run.start_epoch} epochs x "
               f"{len(sampler) * d.world} images): expect many hours (see the run ETA below). For a short CPU run, "
               f"pass e.g. --epochs 1 --subset 6000 --test-subset 2000 (what scripts/train.sh does on a CPU).")
-    monitor = FiringMonitor((job.spiking_layers or default_spiking_layers)(job.model))
+    layers = (job.spiking_layers or default_spiking_layers)(job.model)
+    monitor = FiringMonitor(layers)
+    series = StepSeries(max(1, -(-args.epochs * len(train_loader) // SERIES_POINTS)), monitor, layers)
+    per_epoch = _probes_per_epoch(args, len(sampler) * d.world) if d.main else 0
+    probe = Probe(probe_loader, per_epoch, len(train_loader), monitor, layers) if per_epoch else None
     run.started = time.perf_counter()
     progress = Progress(args.progress, args.log_every, args.epochs, run.start_epoch, len(train_loader), d.main)
     if d.main:
@@ -168,7 +228,8 @@ def _fit(job: Job, args, d: Dist, device: torch.device, ckpt: Optional[Dict]) ->
         for run.epoch in range(run.start_epoch, args.epochs):
             sampler.set_epoch(run.epoch)
             monitor.clear()
-            totals, keys, step_losses, images_per_s = _train_epoch(run, net, train_loader, progress)
+            series.start_epoch()
+            totals, keys, images_per_s = _train_epoch(run, net, train_loader, progress, series, probe)
             if job.scheduler is not None:
                 job.scheduler.step()
             test, rates = _evaluate(run, test_loader, monitor, progress) if d.main else ({}, {})
@@ -179,7 +240,10 @@ def _fit(job: Job, args, d: Dist, device: torch.device, ckpt: Optional[Dict]) ->
             else:
                 rng = [rng_state()]
             if d.main:
-                record = _record(run, totals, keys, test, rates, step_losses, images_per_s, len(train_loader))
+                record = _record(run, totals, keys, test, rates, images_per_s, len(train_loader))
+                record["steps"] = series.take()
+                if probe is not None:
+                    record["probes"] = probe.take()
                 _save(run, record, rng)
             if d.world > 1:
                 dist.barrier()
@@ -239,16 +303,15 @@ def _already_finished(run: Run) -> None:
           f"with --resume. Its files: {run_dir / METRICS}, {run_dir / SUMMARY}, {run_dir / CURVES}", flush=True)
 
 
-def _train_epoch(run: Run, net, loader, progress: Progress):
-    """One epoch of training steps; returns (the epoch's sums over every rank, their keys, the
-    per-step losses, images per second)."""
+def _train_epoch(run: Run, net, loader, progress: Progress, series: StepSeries, probe: Optional[Probe]):
+    """One epoch of training steps, its series points and probes; returns (the epoch's sums over
+    every rank, their keys, images per second)."""
     job, args, d, device = run.job, run.args, run.d, run.device
     optimizer, scaler = job.optimizer, run.scaler
     net.train()
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     sums: Dict[str, torch.Tensor] = {}
-    step_losses: List[torch.Tensor] = []
     seen = 0
     throughput = Throughput(device)
     throughput.begin()
@@ -272,9 +335,11 @@ def _train_epoch(run: Run, net, loader, progress: Progress):
             scaler.update()
         else:
             optimizer.step()
-        for key, value in {"loss": loss.detach() * n, **stats}.items():
+        step_sums = {"loss": loss.detach() * n, **stats}
+        for key, value in step_sums.items():
             sums[key] = sums.get(key, 0) + value.detach().double()
-        step_losses.append(loss.detach())
+        global_step = run.epoch * len(loader) + run.step + 1
+        series.add(step_sums, n, global_step, last_in_epoch=run.step + 1 == len(loader))
         seen += n
         throughput.add(n * d.world)
         run.steps_here += 1
@@ -283,6 +348,9 @@ def _train_epoch(run: Run, net, loader, progress: Progress):
                              f"no checkpoint written")
         if d.main and progress.due(run.step):
             progress.show(run.step, loss, throughput.rate())
+        if probe is not None and probe.due(run.step + 1):
+            probe.run(run, global_step)
+            net.train()
     progress.end_epoch(run.step + 1)
     images_per_s = throughput.rate()
     keys = sorted(sums)
@@ -293,7 +361,7 @@ def _train_epoch(run: Run, net, loader, progress: Progress):
         # rank 0's buffers (BatchNorm statistics) now, so all hold the model the checkpoint holds.
         for buffer in job.model.buffers():
             dist.broadcast(buffer, 0)
-    return totals, keys, step_losses, images_per_s
+    return totals, keys, images_per_s
 
 
 def _evaluate(run: Run, loader, monitor: FiringMonitor, progress: Progress):
@@ -311,15 +379,16 @@ def _evaluate(run: Run, loader, monitor: FiringMonitor, progress: Progress):
     return test, rates
 
 
-def _record(run: Run, totals, keys, test: Dict, rates: Dict, step_losses, images_per_s: float, steps: int) -> Dict:
-    """The epoch's record (rank 0), appended to run.records; the best epoch updated."""
+def _record(run: Run, totals, keys, test: Dict, rates: Dict, images_per_s: float, steps: int) -> Dict:
+    """The epoch's record (rank 0), appended to run.records (fit adds its step series and
+    probes); the best epoch updated. "step" is the run's step count at the epoch's end."""
     best_key, best_mode = run.job.best
     value = test[best_key]
     if run.best is None or (value > run.best if best_mode == "max" else value < run.best):
         run.best, run.best_epoch = value, run.epoch + 1
     run.wall = run.wall_before + time.perf_counter() - run.started
     count = max(totals[-1].item(), 1.0)
-    record = {"epoch": run.epoch + 1}
+    record = {"epoch": run.epoch + 1, "step": (run.epoch + 1) * steps}
     record.update({("train_loss" if k == "loss" else f"train_{k}"): totals[i].item() / count
                    for i, k in enumerate(keys)})
     record.update(test)
@@ -331,7 +400,6 @@ def _record(run: Run, totals, keys, test: Dict, rates: Dict, step_losses, images
         record["train_firing_rate"] = rates["train"]
     if run.job.epoch_info is not None:
         record.update(run.job.epoch_info(run.job.model))
-    record["train_loss_steps"] = curves.step_curve(step_losses, run.epoch * steps)
     run.records.append(record)
     return record
 

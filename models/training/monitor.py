@@ -24,11 +24,12 @@ class FiringMonitor:
 
     def __init__(self, layers: Dict[str, nn.Module]):
         self.totals: Dict[str, Dict[str, List]] = {mode: {} for mode in self.MODES}
+        self.paused = False  # while True, nothing is counted (fit's probe evaluations)
         self.handles = [m.register_forward_hook(self._hook(name)) for name, m in layers.items()]
 
     def _hook(self, name: str):
         def hook(module, inputs, spikes):
-            if isinstance(spikes, torch.Tensor):
+            if isinstance(spikes, torch.Tensor) and not self.paused:
                 entry = self.totals["train" if module.training else "eval"].setdefault(name, [0.0, 0])
                 entry[0] = entry[0] + spikes.detach().float().sum()
                 entry[1] += spikes.numel()
@@ -43,6 +44,80 @@ class FiringMonitor:
     def remove(self) -> None:
         for h in self.handles:
             h.remove()
+
+
+class StepSeries:
+    """A run's training series in chunks of `every` steps: each chunk's mean loss and statistics,
+    each spiking layer's firing rate over the chunk's training passes, and each neuron layer's
+    tau / v_th at its end (mean, and min / max when per channel). Everything is accumulated on
+    the device and an epoch's points are read in one transfer at its end: no host sync per step."""
+
+    def __init__(self, every: int, monitor: FiringMonitor, layers: Dict[str, nn.Module]):
+        self.every = every
+        self.monitor = monitor
+        self.neurons = {name: m for name, m in layers.items() if hasattr(m, "tau") and hasattr(m, "v_th")}
+        self.start_epoch()
+
+    def start_epoch(self) -> None:
+        """Call after the monitor is cleared for the epoch."""
+        self.pending: List = []
+        self.sums: Dict[str, torch.Tensor] = {}
+        self.samples = self.steps = 0
+        self.spikes_before: Dict[str, tuple] = {}
+
+    def add(self, sums: Dict[str, torch.Tensor], samples: int, global_step: int, last_in_epoch: bool) -> None:
+        """One training step: {name: sum over its samples}, how many samples, the run's step count
+        after it."""
+        for key, value in sums.items():
+            self.sums[key] = self.sums.get(key, 0) + value.detach().double()
+        self.samples += samples
+        self.steps += 1
+        if self.steps == self.every or last_in_epoch:
+            self._close_chunk(global_step)
+
+    def _close_chunk(self, global_step: int) -> None:
+        values = {("train_loss" if k == "loss" else f"train_{k}"): v / max(self.samples, 1)
+                  for k, v in self.sums.items()}
+        rates = {}
+        for name, (total, count) in self.monitor.totals["train"].items():
+            total_before, count_before = self.spikes_before.get(name, (0.0, 0))
+            if count > count_before:
+                rates[name] = (total - total_before) / (count - count_before)
+            self.spikes_before[name] = (total, count)
+        neurons = {}
+        with torch.no_grad():
+            for name, m in self.neurons.items():
+                for attr in ("tau", "v_th"):
+                    t = getattr(m, attr).detach().double()
+                    neurons[(name, attr)] = torch.stack([t.mean(), t.min(), t.max()]) if t.numel() > 1 else t.reshape(1)
+        self.pending.append((global_step, values, rates, neurons))
+        self.sums, self.samples, self.steps = {}, 0, 0
+
+    def take(self) -> List[Dict]:
+        """The epoch's points, [{"step", "train_loss", "train_<stat>", "firing_rate": {layer},
+        "neurons": {layer: {"tau", "v_th"}, or per channel "tau_mean", "tau_min", "tau_max", ...}}],
+        read in one transfer."""
+        tensors = [torch.as_tensor(v).double().reshape(-1) for _, values, rates, neurons in self.pending
+                   for v in (*values.values(), *rates.values(), *neurons.values())]
+        flat = iter(torch.cat(tensors).cpu().tolist()) if tensors else iter(())
+        points = []
+        for step, values, rates, neurons in self.pending:
+            point = {"step": step, **{k: round(next(flat), 6) for k in values}}
+            if rates:
+                point["firing_rate"] = {name: round(next(flat), 6) for name in rates}
+            layers: Dict[str, Dict[str, float]] = {}
+            for (name, attr), t in neurons.items():
+                got = [round(next(flat), 6) for _ in range(t.numel())]
+                entry = layers.setdefault(name, {})
+                if len(got) == 1:
+                    entry[attr] = got[0]
+                else:
+                    entry.update({f"{attr}_mean": got[0], f"{attr}_min": got[1], f"{attr}_max": got[2]})
+            if layers:
+                point["neurons"] = layers
+            points.append(point)
+        self.pending = []
+        return points
 
 
 def firing_warnings(rates: Dict[str, float], low: float = 0.01, high: float = 0.99) -> List[str]:
