@@ -20,7 +20,7 @@ device's copy bandwidth measured in this run, and peak extra memory (CUDA only).
 Writes bench/results/alif_<device>.json, .md and .png (GB/s against N per provider).
 --profile writes a torch.profiler trace (bench/results/alif_trace_<device>.json) of the fused op
 at the largest size and prints the Nsight Compute command line for its kernels.
-The printed table's columns (read by bench/gpu_check.py): provider, dtype, T, N, mode, ms, GB/s,
+The printed table's columns (read by bench/gpu_check/): provider, dtype, T, N, mode, ms, GB/s,
 of copy, peak MB.
 """
 import argparse

@@ -1,3 +1,5 @@
+import re
+
 import pytest
 import torch
 
@@ -8,6 +10,10 @@ CUDA_SKIP_REASON = (
     "no CUDA device visible" if not torch.cuda.is_available()
     else "alif_cuda was built without CUDA kernels"
 )
+# A device case on CUDA: marked `cuda` (scripts/gpu_check.sh verify runs `-m cuda`), skipped without CUDA.
+CUDA_CASE = [pytest.mark.cuda, pytest.mark.skipif(not HAS_CUDA, reason=CUDA_SKIP_REASON)]
+# A skip reason that says the test needs CUDA or a GPU.
+NEEDS_GPU_REASON = re.compile(r"\bCUDA\b|\bGPU\b")
 
 # (rtol, atol) for a kernel's output against its reference run on the same values: storage-dtype
 # rounding after float32 math (float64 math for float64).
@@ -27,19 +33,26 @@ DTYPES = {
 
 
 def device_params(devices=("cpu", "cuda")):
-    """pytest params over devices; CUDA cases are skipped, with the reason, when unavailable."""
-    return [
-        pytest.param(d, marks=pytest.mark.skipif(d == "cuda" and not HAS_CUDA, reason=CUDA_SKIP_REASON))
-        for d in devices
-    ]
+    """pytest params over devices; CUDA cases are marked `cuda` and skipped, with the reason, when unavailable."""
+    return [pytest.param(d, marks=CUDA_CASE if d == "cuda" else ()) for d in devices]
 
 
 def device_dtype_params():
     return [
         pytest.param(
             d, dt, id=f"{d}-{str(dt).split('.')[-1]}",
-            marks=pytest.mark.skipif(d == "cuda" and not HAS_CUDA, reason=CUDA_SKIP_REASON),
+            marks=CUDA_CASE if d == "cuda" else (),
         )
         for d in ("cpu", "cuda")
         for dt in DTYPES[d]
     ]
+
+
+def pytest_collection_modifyitems(items):
+    """Marks `cuda` what the device params above do not: a test skipped for want of CUDA or a GPU
+    (its skipif reason says so), and a test named for CUDA (the check that a CUDA build has its kernels)."""
+    for item in items:
+        reasons = [m.kwargs.get("reason", "") for m in item.iter_markers("skipif")]
+        named = "cuda" in item.name.lower()
+        if item.get_closest_marker("cuda") is None and (named or any(NEEDS_GPU_REASON.search(r) for r in reasons)):
+            item.add_marker(pytest.mark.cuda)
