@@ -6,14 +6,15 @@ network exists).
 
 Every MNIST-style folder is checked before any training starts and again when its dataset is
 built: the files listed in a SHA256SUMS beside them match their sums (once per process), gzip
-files are complete, image and label counts agree, labels lie in 0..9, and a plain file beside its
-.gz holds the same data. A failure raises DataError naming the file."""
+files are complete, neither split is empty, image and label counts agree, labels lie in 0..9, and
+a plain file beside its .gz holds the same data (compared once per process). A failure raises
+DataError naming the file."""
 import gzip
 import hashlib
 import os
 import zlib
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import Callable, Dict, List, Optional, Set, Tuple
 
 import numpy as np
 import torch
@@ -120,10 +121,53 @@ def read_idx(path: str) -> torch.Tensor:
     return torch.from_numpy(np.frombuffer(data, dtype=np.uint8, offset=offset).reshape(dims).copy())
 
 
+_matching: Set[Tuple] = set()
+
+
+def _first_difference(plain: Path, gz: Path) -> Optional[int]:
+    """The first byte offset at which `plain` and the decompressed `gz` differ (None when they are
+    the same), read in blocks."""
+    offset = 0
+    try:
+        with open(plain, "rb") as a, gzip.open(gz, "rb") as b:
+            while True:
+                x, y = a.read(1 << 20), b.read(1 << 20)
+                if x != y:
+                    return offset + next((i for i, (p, q) in enumerate(zip(x, y)) if p != q), min(len(x), len(y)))
+                if not x:
+                    return None
+                offset += len(x)
+    except (EOFError, gzip.BadGzipFile, zlib.error) as e:
+        raise DataError(f"{gz} is corrupt or truncated (gzip: {e}); {_restore_hint(gz)}") from None
+
+
+def _plain_and_gz_differ(plain: Path, gz: Path, at: int) -> DataError:
+    return DataError(f"{plain} and {gz} hold different data (from byte {at} of the uncompressed data on): the .gz "
+                     f"is the one read, so delete {plain.name} if the .gz is right (a SHA256SUMS beside it lists "
+                     f"the sums it must have), or delete {gz.name} if the plain file is")
+
+
+def check_plain_beside_gz(raw_folder, stem: str) -> None:
+    """Raises DataError when `stem` and `stem`.gz are both in `raw_folder` and hold different
+    data. Compared once per process unless either file changes (the dataset compares them again
+    when it reads them, as a file rewritten within one clock tick keeps its size and times)."""
+    plain, gz = Path(raw_folder) / stem, Path(raw_folder) / (stem + ".gz")
+    if not (plain.is_file() and gz.is_file()):
+        return
+    key = tuple((str(f.resolve()), st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+                for f, st in ((plain, plain.stat()), (gz, gz.stat())))
+    if key in _matching:
+        return
+    at = _first_difference(plain, gz)
+    if at is not None:
+        raise _plain_and_gz_differ(plain, gz, at)
+    _matching.add(key)
+
+
 def idx_path(raw_folder, stem: str) -> Optional[Path]:
     """The file holding `stem` in `raw_folder`: the .gz or the plain file. When both are there they
-    must hold the same data (sizes compared here, contents when the dataset reads them); the .gz,
-    the one SHA256SUMS can vouch for, is read."""
+    must hold the same data (sizes compared here, contents by check_plain_beside_gz and when the
+    dataset reads them); the .gz, the one SHA256SUMS can vouch for, is read."""
     plain, gz = Path(raw_folder) / stem, Path(raw_folder) / (stem + ".gz")
     if plain.is_file() and gz.is_file():
         size = plain.stat().st_size
@@ -140,7 +184,7 @@ def idx_path(raw_folder, stem: str) -> Optional[Path]:
 
 def check_idx_split(raw_folder, split: str, images: torch.Tensor = None, labels: torch.Tensor = None) -> None:
     """Cross-checks one split's images and labels (from the files' headers and the labels, or from
-    the tensors read): one label per image, 28x28 images, labels in 0..9."""
+    the tensors read): at least one image, one label per image, 28x28 images, labels in 0..9."""
     image_file = idx_path(raw_folder, f"{split}-images-idx3-ubyte")
     label_file = idx_path(raw_folder, f"{split}-labels-idx1-ubyte")
     if images is None:
@@ -154,6 +198,10 @@ def check_idx_split(raw_folder, split: str, images: torch.Tensor = None, labels:
         image_dims = list(images.shape)
     if len(image_dims) != 3 or image_dims[1:] != [28, 28]:
         raise DataError(f"{image_file}: expected images of shape (N, 28, 28), the header says {tuple(image_dims)}")
+    if image_dims[0] == 0:
+        kind, use = ("training", "trained on") if split == "train" else ("test", "evaluated on")
+        raise DataError(f"{image_file} holds no images (its header says {tuple(image_dims)}): an empty {kind} "
+                        f"split cannot be {use}; {_restore_hint(image_file)}")
     if labels.dim() != 1:
         raise DataError(f"{label_file}: expected a 1-d label file, the header says {tuple(labels.shape)}")
     if labels.numel() != image_dims[0]:
@@ -177,7 +225,7 @@ class _IDXFolder:
         data = read_idx(path)
         plain = Path(self.raw_folder) / stem
         if str(path).endswith(".gz") and plain.is_file() and not torch.equal(read_idx(plain), data):
-            raise DataError(f"{plain} and {path} hold different data; delete the one that is wrong")
+            raise _plain_and_gz_differ(plain, path, _first_difference(plain, path))
         return data
 
     def _load_data(self):
@@ -220,7 +268,7 @@ def required_files(dataset: str) -> List[List[str]]:
 def check_data_dir(dataset: str, data_dir: str, download: bool) -> None:
     """Raises FileNotFoundError, naming every missing file, unless `download` will fetch them; for
     MNIST and FashionMNIST also checks the files that are there (DataError, see the module
-    docstring), reading only the headers and labels."""
+    docstring), reading the headers and labels, and the whole of a plain file beside its .gz."""
     root = Path(data_dir)
     missing = [alts[0] for alts in required_files(dataset) if not any((root / a).is_file() for a in alts)]
     if missing and not download:
@@ -234,6 +282,8 @@ def check_data_dir(dataset: str, data_dir: str, download: bool) -> None:
         verify_checksums(raw)
         for split in ("train", "t10k"):
             check_idx_split(raw, split)
+        for stem in IDX_STEMS:
+            check_plain_beside_gz(raw, stem)
 
 
 def classifier_transforms(dataset: str, train: bool) -> Callable:

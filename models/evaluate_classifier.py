@@ -13,7 +13,6 @@ import warnings
 from pathlib import Path
 from typing import Dict, List, Optional
 
-import torch
 from torch.utils.data import DataLoader, Subset
 
 from . import training as tr
@@ -21,6 +20,17 @@ from .classifiers import ClassifierConfig, SpikingClassifier
 from .data import DEFAULT_DATA_DIR, check_data_dir, classification_dataset
 from .train_classifier import HelpFormatter, evaluate
 from .training import FiringMonitor, FiringRateWarning, firing_warnings
+
+
+def load_classifier(ckpt: Dict, path) -> SpikingClassifier:
+    """The network of a train_classifier checkpoint; ValueError when it does not fit this version's."""
+    try:
+        model = SpikingClassifier(ClassifierConfig.from_dict(ckpt["model_config"]))
+        model.load_state_dict(ckpt["model"])
+    except (KeyError, TypeError, ValueError, RuntimeError) as e:
+        raise ValueError(f"--checkpoint {path} does not fit this version's classifier (written by an older one?): "
+                         f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from None
+    return model
 
 
 def main(argv: Optional[List[str]] = None) -> Dict:
@@ -51,14 +61,14 @@ def main(argv: Optional[List[str]] = None) -> Dict:
             tr.check_output_file(args.out)
         ckpt = tr.load_checkpoint(args.checkpoint, what="train_classifier checkpoint",
                                   keys=("model_config", "model", "recipe", "epoch"))
+        tr.require_kind(ckpt, args.checkpoint, "--checkpoint", "train_classifier")
         dataset = ckpt["recipe"]["dataset"]
         check_data_dir(dataset, args.data_dir, download=False)
+        device = tr.pick_device(args.device, tr.Dist())
+        model = load_classifier(ckpt, args.checkpoint).to(device)
+        test_set = classification_dataset(dataset, args.data_dir, train=False)
     except (ValueError, FileNotFoundError) as e:
         p.error(str(e))
-    device = tr.pick_device(args.device, tr.Dist())
-    model = SpikingClassifier(ClassifierConfig.from_dict(ckpt["model_config"])).to(device)
-    model.load_state_dict(ckpt["model"])
-    test_set = classification_dataset(dataset, args.data_dir, train=False)
     if args.test_subset is not None:
         test_set = Subset(test_set, range(min(args.test_subset, len(test_set))))
     loader = DataLoader(test_set, batch_size=args.batch_size, num_workers=args.workers,
@@ -76,7 +86,10 @@ def main(argv: Optional[List[str]] = None) -> Dict:
     )
     print(json.dumps(report, indent=1))
     if args.out:
-        tr.write_json_atomic(report, Path(args.out))
+        try:
+            tr.write_json_atomic(report, Path(args.out))
+        except OSError as e:
+            raise SystemExit(f"evaluate_classifier: {e}; the report is printed above") from None
     return report
 
 

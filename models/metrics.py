@@ -32,7 +32,10 @@ def frechet_distance(mu1: Tensor, sigma1: Tensor, mu2: Tensor, sigma2: Tensor) -
     return ((mu1 - mu2).square().sum() + s1.trace() + s2.trace() - 2 * tr_sqrt).item()
 
 
-def inception_score(probs: Tensor, splits: int = 10) -> Tuple[float, float]:
+IS_SPLITS = 10  # the Inception Score's chunks of samples, as in the paper's (and FSVAE's) code
+
+
+def inception_score(probs: Tensor, splits: int = IS_SPLITS) -> Tuple[float, float]:
     """exp(E_x KL(p(y|x) || p(y))) over `splits` chunks of class probabilities (N, classes):
     (mean, std) over the chunks. A classifier that is uniform on every input scores 1."""
     p = probs.double()
@@ -62,10 +65,15 @@ def load_inception(weights: Optional[str], device):
     from torchvision.models import inception_v3
 
     net = inception_v3(weights=None, aux_logits=True, init_weights=False, transform_input=False)
-    state = torch.load(weights, map_location="cpu", weights_only=True)
+    try:
+        state = torch.load(weights, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch.load raises UnpicklingError, RuntimeError and others for what it cannot read
+        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        raise ValueError(f"--inception-weights {weights} could not be read as a state dict of tensors "
+                         f"({type(e).__name__}: {first})") from None
     try:
         net.load_state_dict(state)
-    except RuntimeError as e:
+    except (RuntimeError, TypeError, AttributeError) as e:
         raise ValueError(f"--inception-weights {weights} is not a torchvision inception_v3 state dict: "
                          f"{str(e).splitlines()[0]}") from None
     return net.eval().to(device)

@@ -6,6 +6,7 @@ Defaults: AdamW lr 1e-3, weight decay 0.01, 150 epochs, batch 250, MSE on [-1, 1
 run-directory conventions as the other recipes; models.evaluate_vae reads RUN_DIR/checkpoint.pt.
 """
 import argparse
+import math
 import sys
 from typing import List, Optional
 
@@ -29,14 +30,29 @@ def evaluate(model, loader, device):
     return {"test_loss": total / max(n, 1)}
 
 
-def main(argv: Optional[List[str]] = None):
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m models.train_fad_ae", description=__doc__,
                                 formatter_class=tr.HelpFormatter)
     p.add_argument("--dataset", choices=DATASETS, required=True, help="which dataset the FAD autoencoder learns (read from --data-dir)")
     tr.add_run_args(p, epochs=150, batch_size=250, lr=1e-3, seed=0)
     p.add_argument("--weight-decay", type=float, default=0.01, help="AdamW's weight decay")
+    return p
+
+
+def parse_args(argv: Optional[List[str]] = None, parser: Optional[argparse.ArgumentParser] = None):
+    """The options, the device and the data checked (a usage error through `parser` otherwise)
+    before anything is created."""
+    p = parser or build_parser()
     args = p.parse_args(argv)
+    if not (math.isfinite(args.weight_decay) and args.weight_decay >= 0):
+        p.error(f"--weight-decay must be a finite number >= 0, got {args.weight_decay}")
     tr.validate_run_args(args, p, lambda: check_image_data_dir(args.dataset, args.data_dir, args.download))
+    return args
+
+
+def main(argv: Optional[List[str]] = None):
+    p = build_parser()
+    args = parse_args(argv, p)
     d, device, ckpt = tr.prepare_run(args, p)
     cfg = fad_config(args.dataset)
     model = FadAutoencoder(cfg).to(device)

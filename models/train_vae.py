@@ -16,6 +16,7 @@ FSVAE), checkpoint.pt (atomic, exact --resume), summary.json (best epoch by test
 """
 import argparse
 import math
+import os
 import sys
 from typing import Dict, List, Optional
 
@@ -28,6 +29,13 @@ from .vae import DECODERS, LATENT_LOSSES, MODELS, VAEConfig, build_vae, dataset_
 DATASETS = ("mnist", "fashion", "cifar10", "celeba")
 # (epochs, batch size): FSVAE's configs, and the paper's text.
 BUDGETS = {"fsvae": (150, 250), "paper": (300, 200)}
+# Options that --resume takes from the run when left unset.
+INHERIT = ("schedule_epochs",)
+
+
+def drops_last(dataset: str) -> bool:
+    """Whether the training loader drops each epoch's last incomplete batch, as FSVAE's loaders do."""
+    return dataset in ("fashion", "cifar10")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -107,8 +115,10 @@ def evaluate(model, loader, device, amp: str) -> Dict[str, float]:
     return {f"test_{k}": v / max(n, 1) for k, v in sums.items()}
 
 
-def main(argv: Optional[List[str]] = None):
-    parser = build_parser()
+def parse_args(argv: Optional[List[str]] = None, parser: Optional[argparse.ArgumentParser] = None):
+    """The options (budget resolved), the device and the data checked (a usage error through
+    `parser` otherwise) before anything is created."""
+    parser = parser or build_parser()
     args = parser.parse_args(argv)
     resolve_budget(args)
     if args.T < 1:
@@ -122,11 +132,23 @@ def main(argv: Optional[List[str]] = None):
     if args.model == "ann":
         args.decoder = "taid"  # unused by the ANN; fixed so the recipe does not depend on it
     tr.validate_run_args(args, parser, lambda: check_image_data_dir(args.dataset, args.data_dir, args.download))
-    d, device, ckpt = tr.prepare_run(args, parser, inherit=("schedule_epochs",))
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if (drops_last(args.dataset) and args.subset is not None
+            and batches_per_epoch(args.subset, args.batch_size, world, drop_last=True) == 0):
+        parser.error(f"--subset {args.subset} gives each of the {world} process(es) less than one batch (--batch-size "
+                     f"{args.batch_size}), and {args.dataset}'s loader drops the last incomplete batch (as FSVAE's): "
+                     f"no step would train")
+    return args
+
+
+def main(argv: Optional[List[str]] = None):
+    parser = build_parser()
+    args = parse_args(argv, parser)
+    d, device, ckpt = tr.prepare_run(args, parser, inherit=INHERIT)
     if args.schedule_epochs is None:
         args.schedule_epochs = args.epochs
     train_set = image_dataset(args.dataset, args.data_dir, train=True, download=args.download)
-    drop_last = args.dataset in ("fashion", "cifar10")  # as FSVAE's loaders
+    drop_last = drops_last(args.dataset)
     cfg = model_config(args)
     if args.kld_weight is not None:
         cfg.kld_weight = args.kld_weight
@@ -151,7 +173,8 @@ def main(argv: Optional[List[str]] = None):
         test_set=image_dataset(args.dataset, args.data_dir, train=False, download=args.download),
         train_step=train_step, evaluate=lambda m, loader: evaluate(m, loader, device, args.amp),
         model_config=cfg.to_dict(), best=("test_loss", "min"),
-        curves=[("loss", ["train_loss", "test_loss"]), ("reconstruction MSE", ["train_recon_loss", "test_recon_loss"])],
+        curves=[("loss", ["train_loss", "test_loss"]), ("reconstruction MSE", ["train_recon_loss", "test_recon_loss"]),
+                ("latent loss", ["train_latent_loss", "test_latent_loss"])],
         warn_firing=True, drop_last=drop_last,
         title=f"training {args.model}{'+' + args.decoder if args.model == 'fsvae' else ''} on {args.dataset}",
     )

@@ -38,7 +38,8 @@ def test_every_epoch_record_holds_its_step_series_and_probes(data_dir, tmp_path)
             sum(p["firing_rate"]["neuron"] for p in points) / 3, abs=2e-6)
         assert [p["step"] for p in r["probes"]] == [first, first + 1]  # evenly spaced inside the epoch
         for p in r["probes"]:
-            assert set(p) == {"step", "test_loss", "test_acc", "firing_rate"} and p["test_acc"] in (0, 25, 50, 75, 100)
+            assert set(p) == {"step", "test_images", "test_loss", "test_acc", "firing_rate"} and p["test_images"] == 4
+            assert p["test_acc"] in (0, 25, 50, 75, 100)
     # The last point's tau is the one the entry point records at the epoch's end.
     assert records[-1]["steps"][-1]["neurons"]["neuron"]["tau"] == records[-1]["neurons"]["neuron"]["tau"]
 
@@ -77,8 +78,11 @@ def test_short_runs_plot_steps_and_long_ones_epochs(data_dir, tmp_path):  # noqa
         "loss", "accuracy (%)", "firing rate per layer (training)", "firing rate per layer (test)", "tau per layer",
         "v_th per layer")]
     lines = dict((title.split(",")[0], lines) for title, _, lines in panels)
-    assert lines["loss"]["train_loss"][0] == [1, 2, 3] and lines["loss"]["test_loss"][0] == [1, 2, 3]  # 2 probes + end
-    assert lines["accuracy (%)"]["test_acc"][1][-1] == records[0]["test_acc"]
+    assert lines["loss"]["train_loss"][0] == [1, 2, 3]
+    # The probes (4 images) and the epoch's evaluation (all 8) are lines of their own.
+    assert lines["loss"]["test_loss (probe: 4 images)"][0] == [1, 2] and lines["loss"]["test_loss"][0] == [3]
+    assert lines["accuracy (%)"]["test_acc"][1] == [records[0]["test_acc"]]
+    assert set(lines["firing rate per layer (test)"]) == {"neuron", "neuron (probe: 4 images)"}
     assert all(xlabel == "step" for _, xlabel, _ in panels)
     # Six epochs: the epoch axis, from the epoch records (the step series are not plotted).
     long = [dict(records[0], epoch=e, step=3 * e) for e in range(1, 7)]
@@ -102,7 +106,8 @@ def test_per_channel_parameters_are_plotted_with_their_range():
 
 def test_the_main_jobs_picture_shows_every_quantity_over_steps(tmp_path, monkeypatch):
     """The main job's entry point (train_classifier, one epoch) on a small MNIST, with its probes:
-    every panel of curves.png has lines of more than one point, and the real figure is drawn."""
+    every panel of curves.png shows its quantities over steps (lines of more than one point), and
+    the real figure is drawn."""
     monkeypatch.setattr(tr.curves, "plot_curves", REAL_PLOT)
     write_tiny_mnist(tmp_path / "data", n_train=32, n_test=16)
     out = tmp_path / "run"
@@ -115,7 +120,9 @@ def test_the_main_jobs_picture_shows_every_quantity_over_steps(tmp_path, monkeyp
     assert len(panels) == 6
     for title, _, lines in panels:
         assert "by step" in title and lines
-        assert all(len(xs) > 1 for xs, _, _ in lines.values()), title
+        # Every training line is a series; on the test side the probes are (the epoch's one evaluation is a dot).
+        assert all(len(xs) > 1 for label, (xs, _, _) in lines.items()
+                   if "test" not in title and not label.startswith("test_") or "probe" in label), title
     assert set(panels[2][2]) == {"features.0", "features.3", "classifier.3", "classifier.6"}
     assert (out / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 

@@ -220,6 +220,15 @@ def test_a_kill_between_the_picture_and_the_summary_is_completed_on_resume(data_
     run(data_dir, out, "--resume", "--epochs", "1")
     assert "lacks curves.png" in capsys.readouterr().err and (out / tr.CURVES).is_file()
     assert json.loads((out / tr.SUMMARY).read_text()) == summary
+    # Trained further and killed after the last checkpoint: the 1-epoch summary is written again.
+    kill_at(monkeypatch, "checkpoint_written", 1)
+    with pytest.raises(SimulatedKill):
+        run(data_dir, out, "--resume", "--epochs", "2")
+    monkeypatch.setattr(tr.files, "fault_point", lambda name: None)
+    capsys.readouterr()
+    run(data_dir, out, "--resume", "--epochs", "2")
+    assert "summary.json in" in capsys.readouterr().err
+    assert json.loads((out / tr.SUMMARY).read_text())["epochs"] == 2
 
 
 # ---- items 6, 10: recipe changes and bad options are usage errors ----------------------------

@@ -22,9 +22,10 @@ from .curves import plot_curves
 from .env import (AMP_DTYPES, Dist, autocast, check_device_and_amp, cpu_count, device_description, init_distributed,
                   peak_gpu_mb, pick_device, rng_state, seed_everything, set_rng_state)
 from .files import (CHECKPOINT, CURVES, METRICS, RUN_FILES, SUMMARY, CheckpointError, DiskFullError, append_metrics,
-                    check_output_file, load_checkpoint, read_metrics, save_atomic, write_bytes_atomic,
-                    write_json_atomic, write_metrics)
+                    check_output_file, checkpoint_kind, load_checkpoint, read_metrics, require_kind, save_atomic,
+                    write_bytes_atomic, write_json_atomic, write_metrics)
 from .loop import Job, NonFiniteError, default_spiking_layers, fit, make_loaders
 from .monitor import FiringMonitor, FiringRateWarning, Progress, Throughput, firing_warnings, format_duration
 from .rundir import (LOCK, LOCK_FILES, LOCK_HOLDER, RunDirError, acquire_lock, plan_run_dir, prepare_run,
-                     prepare_run_dir, recipe, release_lock, remove_stale_temporaries)
+                     prepare_run_dir, recipe, recipe_differences, release_lock,
+                     remove_stale_temporaries)

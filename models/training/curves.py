@@ -63,26 +63,34 @@ def _panels(records: List[Dict], pairs: List) -> List:
         chunk = every[1] - every[0] if len(every) > 1 else 1
         xlabel, unit = "step", f"by step (chunks of {chunk} steps)"
         train = [(p["step"], p) for r in records for p in r.get("steps", [])]
-        test = sorted([(p["step"], p) for r in records for p in r.get("probes", [])] +
-                      [(r.get("step", 0), r) for r in records], key=lambda item: item[0])
+        test = [(r.get("step", 0), r) for r in records]
+        # The probes evaluate other images than the epoch's evaluation: lines of their own.
+        probes = [(p["step"], p) for r in records for p in r.get("probes", [])]
         neurons = train
     else:
         xlabel, unit = "epoch", "by epoch"
         train = test = [(r["epoch"], r) for r in records]
+        probes = []
         # Epoch records hold the entry point's "neurons"; else the epoch's last step point has them.
         neurons = [(r["epoch"], r if "neurons" in r else (r.get("steps") or [{}])[-1]) for r in records]
+    probe_label = f" (probe: {probes[0][1].get('test_images', '?')} images)" if probes else ""
+
+    def test_lines(field: str) -> Dict[str, Line]:
+        lines = _lines(test, field)
+        lines.update({label + probe_label: line for label, line in _lines(probes, field).items()})
+        return lines
+
     panels = []
     for title, keys in pairs:
         lines = {}
         for k in keys:
-            lines.update(_lines(train if k.startswith("train_") else test, k))
+            lines.update(_lines(train, k) if k.startswith("train_") else test_lines(k))
         panels.append((f"{title}, {unit}", xlabel, lines))
     train_rates = "firing_rate" if by_step else "train_firing_rate"
-    for title, points, field, key in (("firing rate per layer (training)", train, train_rates, None),
-                                      ("firing rate per layer (test)", test, "firing_rate", None),
-                                      ("tau per layer", neurons, "neurons", "tau"),
-                                      ("v_th per layer", neurons, "neurons", "v_th")):
-        panels.append((f"{title}, {unit}", xlabel, _lines(points, field, key)))
+    panels.append((f"firing rate per layer (training), {unit}", xlabel, _lines(train, train_rates)))
+    panels.append((f"firing rate per layer (test), {unit}", xlabel, test_lines("firing_rate")))
+    for attr in ("tau", "v_th"):
+        panels.append((f"{attr} per layer, {unit}", xlabel, _lines(neurons, "neurons", attr)))
     return [(title, xlabel, lines) for title, xlabel, lines in panels
             if any(len(xs) > 1 for xs, _, _ in lines.values())]
 

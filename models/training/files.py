@@ -8,7 +8,7 @@ import pickle
 import tempfile
 import zipfile
 from pathlib import Path
-from typing import Dict, Iterable, List
+from typing import Dict, Iterable, List, Optional
 
 import torch
 
@@ -141,6 +141,40 @@ def load_checkpoint(path, what: str = "checkpoint", keys: Iterable[str] = ()) ->
         found = sorted(ckpt)[:8] if isinstance(ckpt, dict) else type(ckpt).__name__
         raise CheckpointError(f"{path} is not a {what}: it lacks {missing} (it holds {found})")
     return ckpt
+
+
+# The model_config fields that tell which trainer wrote a checkpoint (a VAE's config has a latent
+# and an image size too, so it is told first), and what each trains.
+KIND_FIELDS = {"train_vae": {"model", "decoder"}, "train_classifier": {"stages", "neuron"},
+               "train_fad_ae": {"in_channels", "image_size", "latent"}}
+KIND_NAMES = {"train_vae": "a VAE", "train_classifier": "a spiking classifier",
+              "train_fad_ae": "the FAD autoencoder"}
+
+
+def checkpoint_kind(ckpt: Dict) -> Optional[str]:
+    """"train_vae", "train_classifier" or "train_fad_ae": the trainer whose model_config the
+    checkpoint holds (told by its fields); None for anything else."""
+    cfg = ckpt.get("model_config")
+    if isinstance(cfg, dict):
+        for kind, fields in KIND_FIELDS.items():
+            if fields <= set(cfg):
+                return kind
+    return None
+
+
+def require_kind(ckpt: Dict, path, option: str, expected: str) -> None:
+    """Raises ValueError unless `ckpt` (read from `path`, given as `option`) is a checkpoint of
+    the trainer `expected`, saying what it is instead."""
+    kind = checkpoint_kind(ckpt)
+    if kind == expected:
+        return
+    if kind is None:
+        cfg = ckpt.get("model_config")
+        held = sorted(cfg)[:8] if isinstance(cfg, dict) else type(cfg).__name__
+        got = f"not a checkpoint of this project's VAE, classifier or FAD trainers (its model_config holds {held})"
+    else:
+        got = f"a {kind} checkpoint ({KIND_NAMES[kind]})"
+    raise ValueError(f"{option} {path} is {got}; expected a {expected} checkpoint ({KIND_NAMES[expected]})")
 
 
 def check_output_file(path, option: str = "--out") -> None:

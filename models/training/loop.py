@@ -2,6 +2,7 @@
 atomically before appending its record to metrics.jsonl; the run ends with curves.png and
 summary.json. Ctrl-C, a full disk or a NaN (--stop-on-nonfinite) end it with a message saying
 how to resume."""
+import json
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -144,7 +145,7 @@ class Probe:
         finally:
             counter.remove()
             self.monitor.paused = False
-        point = {"step": global_step, **metrics}
+        point = {"step": global_step, "test_images": len(self.loader.dataset), **metrics}
         rates = counter.rates("eval")
         if rates:
             point["firing_rate"] = {k: round(v, 6) for k, v in rates.items()}
@@ -294,8 +295,19 @@ def _already_finished(run: Run) -> None:
     unwritten, and says there is nothing to train."""
     run_dir, best_key = run.run_dir, run.job.best[0]
     missing = [name for name in (CURVES, SUMMARY) if not (run_dir / name).is_file()]
-    if missing:
+    try:
+        summarised = json.loads((run_dir / SUMMARY).read_text()).get("epochs")
+    except (OSError, ValueError, AttributeError):
+        summarised = None
+    if SUMMARY not in missing and summarised != run.start_epoch:
+        # A run trained further (--resume --epochs) and killed after its last checkpoint: the
+        # summary (and maybe the picture, written before it) is the shorter run's.
+        _note(f"the summary.json in {run_dir} is of {summarised} epochs, the run has {run.start_epoch}: "
+              f"writing it and curves.png again")
+        missing = [CURVES, SUMMARY]
+    elif missing:
         _note(f"the finished run in {run_dir} lacks {' and '.join(missing)}: writing them again")
+    if missing:
         _finish(run, 0.0, only=missing)
     final = run.records[-1].get(best_key) if run.records else None
     print(f"the run in {run_dir} already finished its {run.start_epoch} epochs ({best_key} {final}, best "

@@ -260,6 +260,16 @@ def recipe(args) -> Dict:
     return {k: v for k, v in vars(args).items() if k not in RUN_ONLY and k not in INTERNAL}
 
 
+def recipe_differences(saved: Dict, args, inherit=()) -> Dict[str, tuple]:
+    """{option: (the run's value, this command's)} for each recipe option that differs from the
+    run's recipe `saved`; the options in `inherit` left as None first take the run's value."""
+    for key in inherit:
+        if getattr(args, key) is None:
+            setattr(args, key, saved.get(key))
+    mine = recipe(args)
+    return {k: (saved.get(k), mine.get(k)) for k in sorted(set(saved) | set(mine)) if saved.get(k) != mine.get(k)}
+
+
 def prepare_run(args, parser, inherit=()):
     """Prepares the run directory (prepare_run_dir), joins torchrun's group, picks the device,
     and on --resume loads the checkpoint (verified) and checks that the arguments describe the
@@ -279,12 +289,7 @@ def prepare_run(args, parser, inherit=()):
             release_lock(run_dir)
             parser.error(f"--resume: {e}. The run cannot continue from it; to train again from the beginning, "
                          f"choose a new --out")
-        saved = ckpt["recipe"]
-        for key in inherit:
-            if getattr(args, key) is None:
-                setattr(args, key, saved.get(key))
-        mine = recipe(args)
-        diff = {k: (saved.get(k), mine.get(k)) for k in sorted(set(saved) | set(mine)) if saved.get(k) != mine.get(k)}
+        diff = recipe_differences(ckpt["recipe"], args, inherit)
         if diff:
             release_lock(run_dir)
             details = ", ".join(f"{k}: run has {a!r}, now {b!r}" for k, (a, b) in diff.items())
