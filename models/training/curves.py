@@ -109,8 +109,15 @@ def plot_curves(run_dir: Path, records: List[Dict], pairs: Iterable) -> None:
     for ax in axes.flat[len(panels):]:
         ax.axis("off")
     for ax, (title, xlabel, lines) in zip(axes.flat, panels):
+        colors: Dict[str, str] = {}  # a quantity and its probe share a colour
         for label, (xs, ys, spread) in lines.items():
-            (drawn,) = ax.plot(xs, ys, marker="o" if len(xs) <= 30 else None, markersize=3, label=label)
+            base, _, probe = label.partition(" (probe")
+            style = dict(linestyle="--", marker="o") if probe else dict(marker="D" if len(xs) == 1 else "o")
+            if len(xs) > 30:
+                style["marker"] = None
+            (drawn,) = ax.plot(xs, ys, markersize=3 if len(xs) > 1 else 5, label=label, color=colors.get(base),
+                               **style)
+            colors.setdefault(base, drawn.get_color())
             if spread is not None:
                 ax.fill_between(xs, spread[0], spread[1], color=drawn.get_color(), alpha=0.2, linewidth=0)
         ax.set_xlabel(xlabel)
