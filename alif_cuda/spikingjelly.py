@@ -18,7 +18,6 @@ import warnings
 from dataclasses import dataclass, field
 from typing import List, Optional, Tuple, Union
 
-import torch
 from spikingjelly.activation_based import neuron
 from spikingjelly.activation_based import surrogate as sj_surrogate
 from torch import Tensor, nn
@@ -175,7 +174,8 @@ def accelerate(net: nn.Module) -> AccelerateReport:
         name = name or type(module).__name__
         fused = _FUSED.get(type(module))
         if fused is None:
-            if isinstance(module, (neuron.LIFNode, neuron.ParametricLIFNode)) and not isinstance(module, _FusedMultiStep):
+            if (isinstance(module, (neuron.LIFNode, neuron.ParametricLIFNode))
+                    and not isinstance(module, _FusedMultiStep)):
                 report.left.append((name, f"{type(module).__name__} subclasses SpikingJelly's node and may change it"))
             continue
         reason = _config_reason(module)

@@ -30,8 +30,8 @@ import torch
 
 import alif_cuda
 from alif_cuda import alif, alif_ref
-from common import (RESULTS_DIR, command_line, copy_gbps, device_name, device_slug, markdown_table, peak_extra_mb, time_ms,
-                    write_results)
+from common import (RESULTS_DIR, command_line, copy_gbps, device_name, device_slug, markdown_table, peak_extra_mb,
+                    time_ms, write_results)
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16, "float16": torch.float16}
 PROVIDERS = ("alif_cuda", "reference", "reference+compile", "spikingjelly")
@@ -215,7 +215,8 @@ def profile(device, T, N):
     sort = "cuda_time_total" if device.type == "cuda" else "cpu_time_total"
     print(prof.key_averages().table(sort_by=sort, row_limit=12))
     print(f"trace: {trace} (open in chrome://tracing or ui.perfetto.dev)")
-    print("Nsight Compute on the kernels:\n  ncu --kernel-name regex:'alif_(fwd|bwd)_kernel|sum_partials_kernel|channel_' "
+    print("Nsight Compute on the kernels:\n  ncu --kernel-name "
+          "regex:'alif_(fwd|bwd)_kernel|sum_partials_kernel|channel_' "
           f"--set full -o alif_ncu python bench/bench_alif.py --T {T} --N {N.bit_length() - 1} --dtypes float32 "
           "--providers alif_cuda --reps 1 --no-save")
 

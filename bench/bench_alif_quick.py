@@ -3,8 +3,9 @@
     python bench/bench_alif_quick.py [--device cpu|cuda] [--T 8] [--reps 20]
 
 Times forward and forward+backward (exactly the op: autograd.grad(out, inputs, grad_outputs);
-median of --reps runs after warm-up; CUDA events on a GPU, perf_counter on the CPU) over a few neuron counts and prints a Markdown table with the speedup.
-It also checks, on every size, that both providers give the same spikes.
+median of --reps runs after warm-up; CUDA events on a GPU, perf_counter on the CPU) over a few
+neuron counts and prints a Markdown table with the speedup. It also checks, on every size, that
+both providers give the same spikes.
 """
 import argparse
 

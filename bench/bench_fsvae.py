@@ -58,15 +58,16 @@ def main():
         times[provider] = ms
         rec = dict(provider=provider, dataset=args.dataset, batch=args.batch, T=args.T, decoder=args.decoder,
                    ms=round(ms, 3), images_per_s=round(args.batch / (ms * 1e-3), 1),
-                   peak_mb=None if peak is None else round(peak, 1), device=device_name(device), torch=torch.__version__)
+                   peak_mb=None if peak is None else round(peak, 1), device=device_name(device),
+                   torch=torch.__version__)
         records.append(rec)
         print(f"  {provider:10s} {ms:9.2f} ms/step {rec['images_per_s']:9.1f} img/s", flush=True)
     for rec in records:
         rec["speedup_vs_reference"] = round(times["reference"] / rec["ms"], 2)
         rows.append([rec["provider"], f"{rec['ms']:.2f}", f"{rec['images_per_s']:.0f}",
                      "-" if rec["peak_mb"] is None else f"{rec['peak_mb']:.0f}", f"{rec['speedup_vs_reference']:.2f}x"])
-    table = markdown_table([f"FSVAE+{args.decoder}, {args.dataset}, batch {args.batch}, T={args.T}", "ms/step", "images/s",
-                            "peak MB", "speedup"], rows)
+    table = markdown_table([f"FSVAE+{args.decoder}, {args.dataset}, batch {args.batch}, T={args.T}", "ms/step",
+                            "images/s", "peak MB", "speedup"], rows)
     print("\n" + table)
     if not args.no_save:
         path = write_results(f"fsvae_{args.dataset}", device, records, table,

@@ -143,7 +143,8 @@ def main():
                         help="autocast precisions (default: fp32 bf16 on a GPU, fp32 on a CPU)")
     parser.add_argument("--providers", nargs="+", choices=PROVIDERS, default=list(PROVIDERS),
                         help="implementations to time")
-    parser.add_argument("--reps", type=int, default=None, help="timed steps per case (default: 10 on a GPU, 3 on a CPU)")
+    parser.add_argument("--reps", type=int, default=None,
+                        help="timed steps per case (default: 10 on a GPU, 3 on a CPU)")
     parser.add_argument("--check-steps", type=int, default=0, help="first check that each provider learns (e.g. 300)")
     parser.add_argument("--no-save", action="store_true", help="print only; write no results files")
     parser.add_argument("--save-as", default="train", help="results file name before _<device>")
@@ -187,13 +188,14 @@ def main():
                         print(f"  {provider} {net} batch {batch} {precision}: failed ({str(e).splitlines()[0]})")
                         continue
                     rec = dict(provider=provider, net=net, batch=batch, precision=precision, ms=round(ms, 3),
-                               images_per_s=round(batch / (ms * 1e-3), 1), peak_mb=None if peak is None else round(peak, 1),
-                               device=device_name(device), torch=torch.__version__)
+                               images_per_s=round(batch / (ms * 1e-3), 1),
+                               peak_mb=None if peak is None else round(peak, 1), device=device_name(device),
+                               torch=torch.__version__)
                     records.append(rec)
                     rows.append([net, batch, precision, provider, f"{ms:.2f}", f"{rec['images_per_s']:.0f}",
                                  "-" if peak is None else f"{peak:.0f}"])
-                    print(f"  {net:8s} batch {batch:<4} {precision} {provider:23s} {ms:9.2f} ms {rec['images_per_s']:9.0f} img/s",
-                          flush=True)
+                    print(f"  {net:8s} batch {batch:<4} {precision} {provider:23s} {ms:9.2f} ms "
+                          f"{rec['images_per_s']:9.0f} img/s", flush=True)
                     del model, optimizer
     table = markdown_table(["net", "batch", "precision", "provider", "ms/step", "images/s", "peak MB"], rows)
     print("\n" + table)

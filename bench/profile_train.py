@@ -43,7 +43,8 @@ def main():
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     images = torch.randn(args.batch, c, size, size, device=device)
     labels = torch.randint(0, 10, (args.batch,), device=device)
-    step = make_step(model, optimizer, images, labels, torch.bfloat16 if args.precision == "bf16" else None, device, False)
+    step = make_step(model, optimizer, images, labels, torch.bfloat16 if args.precision == "bf16" else None,
+                     device, False)
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
     with profile(activities=activities, schedule=schedule(wait=1, warmup=2, active=args.steps)) as prof:
         for _ in range(3 + args.steps):

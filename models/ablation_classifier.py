@@ -4,8 +4,9 @@
                                           [any other train_classifier option, listed below]
 
 Trains the six configurations one after another (each in OUT/<name>/, resumable: a finished run
-is kept, an interrupted one continues, one trained with other options is refused) with the same budget and writes OUT/ablation.md: final
-and best test accuracy per configuration, next to the paper's numbers (best accuracy, MNIST).
+is kept, an interrupted one continues, one trained with other options is refused) with the same
+budget and writes OUT/ablation.md: final and best test accuracy per configuration, next to the
+paper's numbers (best accuracy, MNIST).
 The ablation sets --tau, --v-th and --fixed-neurons itself; every other option below is passed to
 each run. Table 7's inits are values of the paper's neuron, so --neuron defaults to paper here
 (its rect surrogate, width 1). Measured on our implementation: at the paper's lr 1e-3 that neuron
@@ -91,7 +92,8 @@ def main(argv: Optional[List[str]] = None) -> str:
     table = "\n".join([
         f"Table 7 ablation on {args.dataset} (--neuron {args.neuron}), produced by `{cmd}` on {s['device']}.",
         "",
-        "| Learnable | Init tau | Init v_th | final test acc (%) | best test acc (%) | paper (best, %) | epochs | wall s |",
+        "| Learnable | Init tau | Init v_th | final test acc (%) | best test acc (%) | paper (best, %) "
+        "| epochs | wall s |",
         "|---|---|---|---:|---:|---:|---:|---:|",
         *rows,
     ])

@@ -111,7 +111,8 @@ class SpikingClassifier(nn.Module):
     def __init__(self, cfg: ClassifierConfig):
         super().__init__()
         if cfg.outputs % cfg.classes:
-            raise ValueError(f"SpikingClassifier: outputs ({cfg.outputs}) must be a multiple of classes ({cfg.classes})")
+            raise ValueError(f"SpikingClassifier: outputs ({cfg.outputs}) must be a multiple of classes "
+                             f"({cfg.classes})")
         if not cfg.stages or min(cfg.stages) < 1:
             raise ValueError(f"SpikingClassifier: stages must list >= 1 conv per stage, got {cfg.stages}")
         if cfg.image_size % (2 ** len(cfg.stages)):

@@ -38,10 +38,14 @@ MODELS = [("fsvae_taid", ["--model", "fsvae", "--decoder", "taid"]),
           ("ann_vae", ["--model", "ann"])]
 # The paper's (IS, FID, FAD): Tables 1-4.
 PAPER = {
-    "mnist": {"ann_vae": (5.95, 112.5, 17.09), "fsvae_membrane": (6.21, 97.06, 35.54), "fsvae_taid": (6.31, 98.2, 20.14)},
-    "fashion": {"ann_vae": (4.25, 123.7, 18.08), "fsvae_membrane": (4.55, 90.12, 15.75), "fsvae_taid": (4.56, 93.24, 13.15)},
-    "cifar10": {"ann_vae": (2.59, 229.6, 196.9), "fsvae_membrane": (2.94, 175.5, 133.9), "fsvae_taid": (3.53, 171.1, 120.5)},
-    "celeba": {"ann_vae": (3.23, 92.53, 156.9), "fsvae_membrane": (3.69, 101.6, 112.9), "fsvae_taid": (4.31, 99.54, 105.3)},
+    "mnist": {"ann_vae": (5.95, 112.5, 17.09), "fsvae_membrane": (6.21, 97.06, 35.54),
+              "fsvae_taid": (6.31, 98.2, 20.14)},
+    "fashion": {"ann_vae": (4.25, 123.7, 18.08), "fsvae_membrane": (4.55, 90.12, 15.75),
+                "fsvae_taid": (4.56, 93.24, 13.15)},
+    "cifar10": {"ann_vae": (2.59, 229.6, 196.9), "fsvae_membrane": (2.94, 175.5, 133.9),
+                "fsvae_taid": (3.53, 171.1, 120.5)},
+    "celeba": {"ann_vae": (3.23, 92.53, 156.9), "fsvae_membrane": (3.69, 101.6, 112.9),
+               "fsvae_taid": (4.31, 99.54, 105.3)},
 }
 
 
@@ -53,21 +57,26 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m models.compare_vae", description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("--dataset", choices=train_vae.DATASETS, required=True, help="which dataset (read from --data-dir)")
     p.add_argument("--data-dir", default=None, help=f"default: {DEFAULT_DATA_DIR}")
-    p.add_argument("--out", required=True, help="directory for the runs, comparison.md and the sample figures (resumable)")
+    p.add_argument("--out", required=True,
+                   help="directory for the runs, comparison.md and the sample figures (resumable)")
     p.add_argument("--budget", choices=tuple(train_vae.BUDGETS), default="fsvae",
                    help="the VAEs' epochs and batch size: fsvae 150 x 250, paper 300 x 200")
     p.add_argument("--epochs", type=int, default=None, help="override the budget's epochs")
     p.add_argument("--fad-epochs", type=int, default=FAD_BUDGET, help="epochs of the FAD autoencoder")
     p.add_argument("--batch-size", type=int, default=None, help="override the budget's batch size")
-    p.add_argument("--fad-bn", choices=FEATURE_BN, default="batch", help="FAD features with batch statistics (FSVAE's way) or the running ones")
+    p.add_argument("--fad-bn", choices=FEATURE_BN, default="batch",
+                   help="FAD features with batch statistics (FSVAE's way) or the running ones")
     p.add_argument("--num-samples", type=int, default=5000,
                    help="generated images per model for FAD / IS / FID (at least 2; 10 with --inception-weights)")
     p.add_argument("--subset", type=int, default=None, help="train on the first N training images (default: all)")
-    p.add_argument("--test-subset", type=int, default=None, help="evaluate on the first N test images, N >= 2 (default: all)")
+    p.add_argument("--test-subset", type=int, default=None,
+                   help="evaluate on the first N test images, N >= 2 (default: all)")
     p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu or cuda")
     p.add_argument("--amp", choices=tuple(tr.AMP_DTYPES), default="none", help="mixed precision of the training runs")
     p.add_argument("--workers", type=int, default=4, help="data-loader workers (capped by the CPU count)")
-    p.add_argument("--inception-weights", default=None, help="a local torchvision Inception-v3 weights file for IS / FID (nothing is downloaded; without it they are null)")
+    p.add_argument("--inception-weights", default=None,
+                   help="a local torchvision Inception-v3 weights file for IS / FID (nothing is downloaded; without it "
+                        "they are null)")
     return p
 
 

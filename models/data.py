@@ -83,7 +83,8 @@ def _gzip_size(path: Path) -> int:
     with open(path, "rb") as f:
         f.seek(0, os.SEEK_END)
         if f.tell() < 18:
-            raise DataError(f"{path} is truncated: {f.tell()} bytes is too short for a gzip file; {_restore_hint(path)}")
+            raise DataError(f"{path} is truncated: {f.tell()} bytes is too short for a gzip file; "
+                            f"{_restore_hint(path)}")
         f.seek(-4, os.SEEK_END)
         return int.from_bytes(f.read(4), "little")
 
@@ -209,7 +210,8 @@ def check_idx_split(raw_folder, split: str, images: torch.Tensor = None, labels:
                         f"the two files must come from the same split")
     if labels.numel() and int(labels.max()) >= CLASSES:
         bad = int((labels >= CLASSES).nonzero()[0])
-        raise DataError(f"{label_file}: label {int(labels[bad])} at index {bad} is out of range (expected 0..{CLASSES - 1})")
+        raise DataError(f"{label_file}: label {int(labels[bad])} at index {bad} is out of range "
+                        f"(expected 0..{CLASSES - 1})")
 
 
 class _IDXFolder:

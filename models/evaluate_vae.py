@@ -66,13 +66,15 @@ def constant_warning(samples: torch.Tensor) -> Optional[str]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m models.evaluate_vae", description=__doc__, formatter_class=tr.HelpFormatter)
+    p = argparse.ArgumentParser(prog="python -m models.evaluate_vae", description=__doc__,
+                                formatter_class=tr.HelpFormatter)
     p.add_argument("--checkpoint", required=True, help="a train_vae run's checkpoint.pt")
     p.add_argument("--data-dir", default=None, help=f"default: {DEFAULT_DATA_DIR}")
     p.add_argument("--fad-ae", default=None, help="checkpoint of models.train_fad_ae for this dataset")
     p.add_argument("--fad-bn", choices=FEATURE_BN, default="batch",
                    help="FAD autoencoder BatchNorm: batch statistics per 256 images (FSVAE) or running (eval mode)")
-    p.add_argument("--inception-weights", default=None, help="torchvision inception_v3 ImageNet state dict (local file)")
+    p.add_argument("--inception-weights", default=None,
+                   help="torchvision inception_v3 ImageNet state dict (local file)")
     p.add_argument("--num-samples", type=int, default=5000,
                    help="generated images for FAD / IS / FID (at least 2; 10 with --inception-weights)")
     p.add_argument("--test-subset", type=int, default=None,
@@ -174,7 +176,8 @@ def main(argv: Optional[List[str]] = None) -> Dict:
                                                                for b in samples.split(args.batch_size))))
             ref_pool = torch.cat([metrics.inception_outputs(net, b.to(device))[1] for b in test_images()])
             result["is_mean"], result["is_std"] = metrics.inception_score(gen_probs.cpu())
-            result["fid"] = metrics.frechet_distance(*metrics.gaussian_fit(gen_pool.cpu()), *metrics.gaussian_fit(ref_pool.cpu()))
+            result["fid"] = metrics.frechet_distance(*metrics.gaussian_fit(gen_pool.cpu()),
+                                                     *metrics.gaussian_fit(ref_pool.cpu()))
         else:
             result.update(is_mean=None, is_std=None, fid=None)
             reason = "no --inception-weights given (nothing can be downloaded here)"

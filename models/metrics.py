@@ -40,7 +40,8 @@ def inception_score(probs: Tensor, splits: int = IS_SPLITS) -> Tuple[float, floa
     (mean, std) over the chunks. A classifier that is uniform on every input scores 1."""
     p = probs.double()
     if p.dim() != 2 or p.shape[0] < splits:
-        raise ValueError(f"inception_score: need (N, classes) probabilities with N >= splits={splits}, got {tuple(p.shape)}")
+        raise ValueError(f"inception_score: need (N, classes) probabilities with N >= splits={splits}, "
+                         f"got {tuple(p.shape)}")
     scores = []
     for chunk in p.chunk(splits):
         marginal = chunk.mean(0, keepdim=True)

@@ -28,7 +28,8 @@ OUTPUTS = ("samples.png", "samples.pt", "reconstructions.png")
 def load_vae(checkpoint: str, device):
     """(model in eval mode, its checkpoint dict) from a train_vae checkpoint; ValueError for
     another kind of checkpoint, saying which."""
-    ckpt = tr.load_checkpoint(checkpoint, what="train_vae checkpoint", keys=("model_config", "model", "recipe", "epoch"))
+    ckpt = tr.load_checkpoint(checkpoint, what="train_vae checkpoint",
+                              keys=("model_config", "model", "recipe", "epoch"))
     tr.require_kind(ckpt, checkpoint, "--checkpoint", "train_vae")
     try:
         model = build_vae(VAEConfig(**ckpt["model_config"])).to(device)
@@ -83,7 +84,8 @@ def describe(ckpt: Dict) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m models.sample_vae", description=__doc__, formatter_class=tr.HelpFormatter)
+    p = argparse.ArgumentParser(prog="python -m models.sample_vae", description=__doc__,
+                                formatter_class=tr.HelpFormatter)
     p.add_argument("--checkpoint", required=True, help="a train_vae run's checkpoint.pt")
     p.add_argument("--out", required=True, help="directory for samples.png, samples.pt (and reconstructions.png)")
     p.add_argument("--num-samples", type=int, default=64, help="how many images to sample")

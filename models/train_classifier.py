@@ -131,7 +131,8 @@ def neuron_values(model: SpikingClassifier) -> Dict[str, Dict[str, float]]:
                 if value.dim() == 0:
                     entry[key] = round(value.item(), 6)
                 else:
-                    entry.update({f"{key}_mean": round(value.mean().item(), 6), f"{key}_min": round(value.min().item(), 6),
+                    entry.update({f"{key}_mean": round(value.mean().item(), 6),
+                                  f"{key}_min": round(value.min().item(), 6),
                                   f"{key}_max": round(value.max().item(), 6)})
             out[name] = entry
     return out

@@ -33,7 +33,8 @@ def evaluate(model, loader, device):
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m models.train_fad_ae", description=__doc__,
                                 formatter_class=tr.HelpFormatter)
-    p.add_argument("--dataset", choices=DATASETS, required=True, help="which dataset the FAD autoencoder learns (read from --data-dir)")
+    p.add_argument("--dataset", choices=DATASETS, required=True,
+                   help="which dataset the FAD autoencoder learns (read from --data-dir)")
     tr.add_run_args(p, epochs=150, batch_size=250, lr=1e-3, seed=0)
     p.add_argument("--weight-decay", type=float, default=0.01, help="AdamW's weight decay")
     return p

@@ -39,13 +39,17 @@ def drops_last(dataset: str) -> bool:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m models.train_vae", description=__doc__, formatter_class=tr.HelpFormatter)
+    p = argparse.ArgumentParser(prog="python -m models.train_vae", description=__doc__,
+                                formatter_class=tr.HelpFormatter)
     p.add_argument("--model", choices=MODELS, default="fsvae", help="fsvae: the fully spiking VAE; ann: its ANN twin")
-    p.add_argument("--decoder", choices=DECODERS, default="taid", help="FSVAE's image decoding (ignored by --model ann)")
-    p.add_argument("--dataset", choices=DATASETS, required=True, help="which dataset to train on (read from --data-dir)")
+    p.add_argument("--decoder", choices=DECODERS, default="taid",
+                   help="FSVAE's image decoding (ignored by --model ann)")
+    p.add_argument("--dataset", choices=DATASETS, required=True,
+                   help="which dataset to train on (read from --data-dir)")
     tr.add_run_args(p, epochs=150, batch_size=250, lr=1e-3, seed=0)
     p.set_defaults(epochs=None, batch_size=None)
-    budget_help = {"epochs": "from --budget (fsvae 150, paper 300)", "batch_size": "per process; from --budget (fsvae 250, paper 200)"}
+    budget_help = {"epochs": "from --budget (fsvae 150, paper 300)",
+                   "batch_size": "per process; from --budget (fsvae 250, paper 200)"}
     for action in p._actions:
         action.help = budget_help.get(action.dest, action.help)
     p.add_argument("--budget", choices=tuple(BUDGETS), default="fsvae",
@@ -60,8 +64,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="tdBN running statistics: warm (the first batches averaged in with weight 1/n) or "
                         "fsvae (momentum 0.1 from mean 0, var 1, which leaves an early eval-mode network silent)")
     p.add_argument("--T", type=int, default=16, help="time steps")
-    p.add_argument("--latent-loss", choices=LATENT_LOSSES, default="mmd", help="FSVAE's prior matching: MMD or Bernoulli KL")
-    p.add_argument("--taid-reduce", choices=("sum", "mean"), default="sum", help="TAID's reduction over time: sum (the official code) or mean (the paper's text)")
+    p.add_argument("--latent-loss", choices=LATENT_LOSSES, default="mmd",
+                   help="FSVAE's prior matching: MMD or Bernoulli KL")
+    p.add_argument("--taid-reduce", choices=("sum", "mean"), default="sum",
+                   help="TAID's reduction over time: sum (the official code) or mean (the paper's text)")
     p.add_argument("--learnable-neurons", action="store_true", help="learn tau and v_th (the paper's ALIF variant)")
     p.add_argument("--schedule-epochs", type=int, default=None,
                    help="epochs over which scheduled sampling rises 0.1 -> 0.3 (default: --epochs)")

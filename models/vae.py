@@ -133,7 +133,8 @@ class FSVAE(nn.Module):
         self.first_bn = _tdbn(ch[0], cfg)
         self.first_neuron = _neuron(cfg)
         self.encoder = nn.Sequential(
-            *[SpikingLayer(nn.Conv2d(a, b, 3, stride=2, padding=1, bias=False), b, cfg) for a, b in zip(ch[:-1], ch[1:])],
+            *[SpikingLayer(nn.Conv2d(a, b, 3, stride=2, padding=1, bias=False), b, cfg)
+              for a, b in zip(ch[:-1], ch[1:])],
             TimeDistributed(nn.Flatten()),
             SpikingLayer(nn.Linear(ch[-1] * 4, cfg.latent, bias=False), cfg.latent, cfg),
         )

@@ -15,7 +15,8 @@ def write_idx(path: Path, array: np.ndarray, gz: bool) -> None:
     path.write_bytes(data)
 
 
-def write_tiny_mnist(root: Path, n_train: int = 64, n_test: int = 32, folder: str = "MNIST", gz: bool = True, seed: int = 0):
+def write_tiny_mnist(root: Path, n_train: int = 64, n_test: int = 32, folder: str = "MNIST", gz: bool = True,
+                     seed: int = 0):
     """DIR/<folder>/raw/{train,t10k}-{images-idx3,labels-idx1}-ubyte[.gz]: images whose bright
     quadrant encodes the label, so a network can learn them; returns the labels."""
     rng = np.random.default_rng(seed)

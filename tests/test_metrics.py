@@ -20,7 +20,8 @@ def test_identical_gaussians_are_at_distance_zero():
 
 def test_frechet_distance_hand_computed_cases():
     # 1-D: (0 - 1)^2 + 1 + 4 - 2 sqrt(1 * 4) = 2
-    assert frechet_distance(torch.zeros(1), torch.ones(1, 1), torch.ones(1), torch.full((1, 1), 4.0)) == pytest.approx(2.0)
+    assert (frechet_distance(torch.zeros(1), torch.ones(1, 1), torch.ones(1), torch.full((1, 1), 4.0))
+            == pytest.approx(2.0))
     # Diagonal covariances: sum over dims of (m1 - m2)^2 + (s1 - s2)^2 with s the standard deviations.
     mu1, mu2 = torch.tensor([0.0, 1.0]), torch.tensor([2.0, 1.0])
     s1, s2 = torch.diag(torch.tensor([1.0, 9.0])), torch.diag(torch.tensor([4.0, 1.0]))
@@ -30,7 +31,8 @@ def test_frechet_distance_hand_computed_cases():
     b = torch.tensor([[1.0, -0.3], [-0.3, 3.0]], dtype=torch.float64)
     vals, vecs = torch.linalg.eig(a @ b)
     tr_sqrt = vals.sqrt().real.sum().item()
-    assert frechet_distance(torch.zeros(2), a, torch.zeros(2), b) == pytest.approx(a.trace().item() + b.trace().item() - 2 * tr_sqrt)
+    assert (frechet_distance(torch.zeros(2), a, torch.zeros(2), b)
+            == pytest.approx(a.trace().item() + b.trace().item() - 2 * tr_sqrt))
 
 
 def test_inception_score_known_cases():

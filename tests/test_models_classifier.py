@@ -5,7 +5,6 @@ import math
 import pytest
 import torch
 
-from alif_cuda import ALIF
 from models.classifiers import (NEURON_PRESETS, NeuronConfig, SpikingClassifier, build_classifier, rate_mse_loss,
                                 table8_config)
 from models.training import FiringMonitor, firing_warnings
@@ -15,8 +14,9 @@ def test_mnist_network_matches_table8():
     net = build_classifier("mnist")
     convs = [m for m in net.modules() if isinstance(m, torch.nn.Conv2d)]
     linears = [m for m in net.modules() if isinstance(m, torch.nn.Linear)]
-    assert [(c.in_channels, c.out_channels, c.kernel_size, c.bias) for c in convs] == [(1, 128, (3, 3), None), (128, 128, (3, 3), None)]
-    assert [(l.in_features, l.out_features, l.bias) for l in linears] == [(6272, 2048, None), (2048, 100, None)]
+    assert ([(c.in_channels, c.out_channels, c.kernel_size, c.bias) for c in convs]
+            == [(1, 128, (3, 3), None), (128, 128, (3, 3), None)])
+    assert [(lin.in_features, lin.out_features, lin.bias) for lin in linears] == [(6272, 2048, None), (2048, 100, None)]
     assert len(net.neurons()) == 4
     rates = net(torch.randn(3, 1, 28, 28))
     assert rates.shape == (3, 10) and (rates >= 0).all() and (rates <= 1).all()

@@ -4,7 +4,6 @@ import pytest
 import torch
 from torch._subclasses.fake_tensor import FakeTensorMode
 
-import alif_cuda
 from alif_cuda import alif, taid
 
 

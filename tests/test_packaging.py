@@ -145,4 +145,5 @@ def test_import_exposes_layers_and_one_version():
     assert done.stdout.split() == ["TimeDistributed"]
     cff = (ROOT / "CITATION.cff").read_text()
     assert f"\nversion: {VERSION}\n" in cff
-    assert "title: \"When Spiking Neural Networks Meet Temporal Attention Image Decoding and Adaptive Spiking Neuron\"" in cff
+    assert ("title: \"When Spiking Neural Networks Meet Temporal Attention Image Decoding and Adaptive Spiking Neuron\""
+            in cff)

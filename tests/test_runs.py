@@ -454,14 +454,15 @@ def test_log_progress_shows_the_run_eta_and_the_summary_line(data_dir, tmp_path,
     tiny_run.main(["--workers", "0", "--epochs", "2", "--progress", "log", "--log-every", "2", "--data-dir", data_dir,
                    "--out", str(tmp_path / "r")])
     out = capsys.readouterr().out
-    lines = [l for l in out.splitlines() if l.startswith("epoch ") and " step " in l]
+    lines = [line for line in out.splitlines() if line.startswith("epoch ") and " step " in line]
     # Steps 1 and 3 (every 2nd) of 3 in each of 2 epochs.
-    assert [l.split(" |")[0] for l in lines] == ["epoch 1/2 step 1/3", "epoch 1/2 step 3/3", "epoch 2/2 step 1/3",
-                                                  "epoch 2/2 step 3/3"]
-    assert all("| epoch ETA " in l and "| run ETA " in l for l in lines)
+    assert [line.split(" |")[0] for line in lines] == ["epoch 1/2 step 1/3", "epoch 1/2 step 3/3", "epoch 2/2 step 1/3",
+                                                        "epoch 2/2 step 3/3"]
+    assert all("| epoch ETA " in line and "| run ETA " in line for line in lines)
     summary = json.loads((tmp_path / "r" / "summary.json").read_text())
     done = out.strip().splitlines()[-1]
-    assert done.startswith(f"done: test_acc {summary['final_test_acc']:.2f}% (best {summary['best_test_acc']:.2f}% at epoch")
+    assert done.startswith(f"done: test_acc {summary['final_test_acc']:.2f}% "
+                           f"(best {summary['best_test_acc']:.2f}% at epoch")
     for name in ("metrics.jsonl", "summary.json", "curves.png"):
         assert str(tmp_path / "r" / name) in done
     assert "img/s | wall 0:00:" in done

@@ -25,16 +25,19 @@ def test_zero_time_steps(device):
 
 @pytest.mark.parametrize("device", device_params())
 def test_empty_planes(device):
-    with pytest.raises(RuntimeError, match=r"planes must hold at least one pixel \(H \* W >= 1\), got shape \[4, 2, 3, 0, 5\]"):
+    with pytest.raises(RuntimeError,
+                       match=r"planes must hold at least one pixel \(H \* W >= 1\), got shape \[4, 2, 3, 0, 5\]"):
         taid(torch.zeros(4, 2, 3, 0, 5, device=device), torch.zeros(4, 4, device=device))
 
 
 @pytest.mark.parametrize("device", device_params())
 def test_w_of_wrong_shape(device):
     s, _ = inputs(device=device)
-    with pytest.raises(RuntimeError, match=r"w must be \(T, T\) = \[4, 4\] for s with T = 4 time steps, got shape \[4\]"):
+    with pytest.raises(RuntimeError,
+                       match=r"w must be \(T, T\) = \[4, 4\] for s with T = 4 time steps, got shape \[4\]"):
         taid(s, torch.zeros(4, device=device))
-    with pytest.raises(RuntimeError, match=r"w must be \(T, T\) = \[4, 4\] for s with T = 4 time steps, got shape \[5, 5\]"):
+    with pytest.raises(RuntimeError,
+                       match=r"w must be \(T, T\) = \[4, 4\] for s with T = 4 time steps, got shape \[5, 5\]"):
         taid(s, torch.zeros(5, 5, device=device))  # T mismatch
 
 
@@ -75,9 +78,11 @@ def test_mixed_devices():
 def test_bwd_checks_its_saved_inputs():
     s, w = inputs()
     y, attn, squeezed = torch.ops.alif_cuda.taid_fwd(s, w, "sum")
-    with pytest.raises(RuntimeError, match=r"grad_y must be Float of shape \[2, 3, 5, 5\] on cpu, got Float of shape \[2, 3, 5\]"):
+    with pytest.raises(RuntimeError,
+                       match=r"grad_y must be Float of shape \[2, 3, 5, 5\] on cpu, got Float of shape \[2, 3, 5\]"):
         torch.ops.alif_cuda.taid_bwd(y[..., 0], s, w, attn, squeezed, "sum")
-    with pytest.raises(RuntimeError, match=r"attn and squeezed must be Float of shape \[4, 2, 3\] on cpu \(taid_fwd's outputs\), got Double"):
+    with pytest.raises(RuntimeError, match=r"attn and squeezed must be Float of shape \[4, 2, 3\] on cpu "
+                                           r"\(taid_fwd's outputs\), got Double"):
         torch.ops.alif_cuda.taid_bwd(y, s, w, attn.double(), squeezed, "sum")
 
 

@@ -58,8 +58,8 @@ def test_resume_after_a_kill_mid_epoch_is_bitwise_exact(data_dir, tmp_path):
     resumed = run(data_dir, tmp_path / "cut", "--epochs", "3", "--resume")
     for (name, a), b in zip(full.state_dict().items(), resumed.state_dict().values()):
         assert torch.equal(a, b), name
-    full_lines = [json.loads(l) for l in (tmp_path / "full" / "metrics.jsonl").read_text().splitlines()]
-    cut_lines = [json.loads(l) for l in (tmp_path / "cut" / "metrics.jsonl").read_text().splitlines()]
+    full_lines = [json.loads(line) for line in (tmp_path / "full" / "metrics.jsonl").read_text().splitlines()]
+    cut_lines = [json.loads(line) for line in (tmp_path / "cut" / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in cut_lines] == [1, 2, 3]
     assert [r["test_loss"] for r in cut_lines] == [r["test_loss"] for r in full_lines]
 
@@ -163,11 +163,11 @@ def test_evaluate_refuses_damaged_checkpoints_and_bad_outputs_before_evaluating(
 def test_ablation_runs_six_configurations_and_writes_a_table(data_dir, tmp_path, capsys):
     table = ablation_classifier.main(["--data-dir", data_dir, "--out", str(tmp_path / "abl"), "--epochs", "1",
                                       "--subset", "16", "--test-subset", "16", "--batch-size", "16", "--workers", "0"])
-    rows = [l for l in table.splitlines() if l.startswith("| ") and "Learnable" not in l]
+    rows = [line for line in table.splitlines() if line.startswith("| ") and "Learnable" not in line]
     assert len(rows) == 6
     assert (tmp_path / "abl" / "ablation.md").read_text().strip().endswith(rows[-1])
     assert {(r.split("|")[1].strip(), r.split("|")[2].strip(), r.split("|")[3].strip()) for r in rows} == {
-        (l, t, v) for l in ("no", "yes") for t, v in (("0.25", "0.2"), ("0.5", "0.2"), ("0.5", "0.5"))
+        (learnable, t, v) for learnable in ("no", "yes") for t, v in (("0.25", "0.2"), ("0.5", "0.2"), ("0.5", "0.5"))
     }
     # Again with another recipe on the same --out: refused by the first run's recipe check, nothing changed.
     before = {p: p.read_bytes() for p in (tmp_path / "abl").rglob("*") if p.is_file()}

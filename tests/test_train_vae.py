@@ -41,7 +41,7 @@ def trained(data_dir, tmp_path_factory):
 
 
 def test_train_vae_writes_the_run_files(trained):
-    records = [json.loads(l) for l in (trained / "vae" / "metrics.jsonl").read_text().splitlines()]
+    records = [json.loads(line) for line in (trained / "vae" / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in records] == [1, 2]
     for key in ("train_loss", "train_recon_loss", "train_latent_loss", "test_loss", "test_recon_loss", "images_per_s"):
         assert all(key in r for r in records), key
@@ -63,7 +63,8 @@ def test_train_vae_resumes_exactly(data_dir, tmp_path):
 @pytest.mark.parametrize(
     "extra,message",
     [(["--model", "gan"], "invalid choice: 'gan'"), (["--T", "0"], "--T must be >= 1"),
-     (["--amp", "fp16", "--device", "cpu"], "--amp fp16 needs a GPU"), (["--weight-decay", "-1"], "--weight-decay must be >= 0")],
+     (["--amp", "fp16", "--device", "cpu"], "--amp fp16 needs a GPU"),
+     (["--weight-decay", "-1"], "--weight-decay must be >= 0")],
 )
 def test_train_vae_rejects_bad_arguments(data_dir, tmp_path, capsys, extra, message):
     with pytest.raises(SystemExit):
@@ -89,7 +90,8 @@ def test_sample_vae_writes_grids_and_images_in_range(trained, data_dir, tmp_path
 def test_sample_grids_are_titled_with_the_model_and_epoch(monkeypatch, tmp_path):
     titles = []
     real_title = matplotlib.axes.Axes.set_title
-    monkeypatch.setattr(matplotlib.axes.Axes, "set_title", lambda ax, t, **kw: (titles.append(t), real_title(ax, t, **kw)))
+    monkeypatch.setattr(matplotlib.axes.Axes, "set_title",
+                        lambda ax, t, **kw: (titles.append(t), real_title(ax, t, **kw)))
     ckpt = {"model_config": {"model": "fsvae", "decoder": "taid"}, "epoch": 7}
     sample_vae.save_grid(torch.rand(6, 1, 8, 8) * 2 - 1, tmp_path / "g.png", f"{sample_vae.describe(ckpt)}: 6 samples")
     assert titles == ["FSVAE + taid decoding, epoch 7: 6 samples"]
@@ -113,10 +115,10 @@ def test_evaluate_vae_reports_mse_fad_and_what_it_could_not_compute(trained, dat
 
 
 def test_compare_vae_writes_the_table_and_one_grid_per_model(data_dir, tmp_path):
-    table = compare_vae.main(["--dataset", "mnist", "--data-dir", data_dir, "--out", str(tmp_path / "cmp"), "--epochs", "1",
-                              "--fad-epochs", "1", "--batch-size", "8", "--num-samples", "8", "--workers", "0",
-                              "--subset", "8", "--test-subset", "8"])
-    rows = [l for l in table.splitlines() if l.startswith("| fsvae") or l.startswith("| ann")]
+    table = compare_vae.main(["--dataset", "mnist", "--data-dir", data_dir, "--out", str(tmp_path / "cmp"),
+                              "--epochs", "1", "--fad-epochs", "1", "--batch-size", "8", "--num-samples", "8",
+                              "--workers", "0", "--subset", "8", "--test-subset", "8"])
+    rows = [line for line in table.splitlines() if line.startswith("| fsvae") or line.startswith("| ann")]
     assert [r.split("|")[1].strip() for r in rows] == ["fsvae_taid", "fsvae_membrane", "ann_vae"]
     assert "A smoke run" in table and all(r.split("|")[2].strip() in ("varied", "CONSTANT") for r in rows)
     for name in ("fsvae_taid", "fsvae_membrane", "ann_vae"):
@@ -132,7 +134,8 @@ def test_fsvae_cold_tdbn_statistics_give_constant_samples_and_evaluate_warns(dat
     run = tmp_path / "cold"
     with pytest.warns(FiringRateWarning) as caught:
         train_vae.main(FAST + ["--data-dir", data_dir, "--out", str(run), "--epochs", "2", "--bn-stats", "fsvae"])
-    assert any(re.match(r"epoch 2 \(test\): layer prior\.\S+ fired at 0\.00% of its neuron-steps \(silent", str(w.message))
+    assert any(re.match(r"epoch 2 \(test\): layer prior\.\S+ fired at 0\.00% of its neuron-steps \(silent",
+                        str(w.message))
                for w in caught), [str(w.message) for w in caught]
     report = evaluate_vae.main(["--checkpoint", str(run / "checkpoint.pt"), "--data-dir", data_dir,
                                 "--num-samples", "8", "--batch-size", "8"])
@@ -154,7 +157,8 @@ def test_ann_kld_weight_and_lr_follow_fsvae(data_dir, tmp_path):
 def test_budgets_and_model_defaults():
     parse = lambda *extra: train_vae.build_parser().parse_args(["--dataset", "mnist", "--out", "x", *extra])  # noqa: E731
     for extra, want in [((), (150, 250, 1e-3)), (("--budget", "paper"), (300, 200, 1e-3)),
-                        (("--budget", "paper", "--epochs", "3"), (3, 200, 1e-3)), (("--model", "ann"), (150, 250, 1e-2))]:
+                        (("--budget", "paper", "--epochs", "3"), (3, 200, 1e-3)),
+                        (("--model", "ann"), (150, 250, 1e-2))]:
         args = parse(*extra)
         train_vae.resolve_budget(args)
         assert (args.epochs, args.batch_size, args.weight_decay) == want, extra

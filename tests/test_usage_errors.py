@@ -67,8 +67,8 @@ def checkpoints(compared, tmp_path_factory):
     and a run of no trainer here."""
     root = tmp_path_factory.mktemp("ckpts")
     paths = {"vae": compared / "fsvae_taid" / "checkpoint.pt", "fad": compared / "fad_ae" / "checkpoint.pt"}
-    made = {"classifier": {"model_config": table8_config("mnist").to_dict(), "model": {}, "recipe": {"dataset": "mnist"},
-                           "epoch": 1},
+    made = {"classifier": {"model_config": table8_config("mnist").to_dict(), "model": {},
+                           "recipe": {"dataset": "mnist"}, "epoch": 1},
             "other": {"model_config": {"hidden": 16}, "model": {}, "recipe": {"dataset": "mnist"}, "epoch": 1}}
     fashion_fad = load_checkpoint(paths["fad"])
     fashion_fad["recipe"]["dataset"] = "fashion"
@@ -82,12 +82,15 @@ def checkpoints(compared, tmp_path_factory):
 # ---- item 6: compare_vae ----------------------------------------------------------------------
 def test_compare_vae_states_what_its_runs_hold(compared):
     table = (compared / "comparison.md").read_text()
-    assert "(1 epochs at batch 8 on 8 training images; FAD autoencoder 1 epochs; 4 samples against 4 test images)" in table
+    assert ("(1 epochs at batch 8 on 8 training images; FAD autoencoder 1 epochs; 4 samples against 4 test images)"
+            in table)
 
 
 def test_compare_vae_refuses_runs_of_another_recipe_before_training(compared, data_dir, capsys):
     before = snapshot(compared)
-    err = usage_error(compare_vae.main, with_option(COMPARE, "--subset", "16") + ["--data-dir", str(data_dir), "--out", str(compared)], capsys)
+    err = usage_error(compare_vae.main,
+                      with_option(COMPARE, "--subset", "16") + ["--data-dir", str(data_dir), "--out", str(compared)],
+                      capsys)
     assert f"{compared / 'fad_ae'} was trained with other options (subset: the run has 8, this command 16)" in err
     assert "Nothing was trained" in err
     assert snapshot(compared) == before
@@ -134,8 +137,9 @@ def test_compare_vae_runs_its_commands_checks_before_training(tmp_path, capsys):
     than a batch, and compare_vae says so before the FAD autoencoder (which would train) starts."""
     write_tiny_mnist(tmp_path / "data", n_train=16, n_test=8, folder="FashionMNIST")
     out = tmp_path / "cmp"
-    err = usage_error(compare_vae.main, ["--dataset", "fashion", "--data-dir", str(tmp_path / "data"), "--out", str(out),
-                                         "--epochs", "1", "--fad-epochs", "1", "--batch-size", "8", "--subset", "4"],
+    err = usage_error(compare_vae.main, ["--dataset", "fashion", "--data-dir", str(tmp_path / "data"),
+                                         "--out", str(out), "--epochs", "1", "--fad-epochs", "1",
+                                         "--batch-size", "8", "--subset", "4"],
                       capsys)
     assert "--subset 4 gives each of the 1 process(es) less than one batch (--batch-size 8)" in err
     assert "(in the python -m models.train_vae command that compare_vae runs)" in err
@@ -144,8 +148,8 @@ def test_compare_vae_runs_its_commands_checks_before_training(tmp_path, capsys):
 
 def test_compare_vae_refuses_an_out_that_is_a_file(data_dir, tmp_path, capsys):
     (tmp_path / "f").write_text("mine")
-    err = usage_error(compare_vae.main, ["--dataset", "mnist", "--data-dir", str(data_dir), "--out", str(tmp_path / "f")],
-                      capsys)
+    err = usage_error(compare_vae.main, ["--dataset", "mnist", "--data-dir", str(data_dir),
+                                         "--out", str(tmp_path / "f")], capsys)
     assert f"--out {tmp_path / 'f'} exists and is not a directory" in err
     assert (tmp_path / "f").read_text() == "mine"
 
@@ -157,13 +161,14 @@ def test_an_empty_split_is_refused_naming_the_file(tmp_path, capsys, split, kind
     raw = tmp_path / "MNIST" / "raw"
     write_idx(raw / f"{split}-images-idx3-ubyte", np.zeros((0, 28, 28), dtype=np.uint8), gz=True)
     write_idx(raw / f"{split}-labels-idx1-ubyte", np.zeros(0, dtype=np.uint8), gz=True)
-    message = f"{raw / f'{split}-images-idx3-ubyte.gz'} holds no images (its header says (0, 28, 28)): an empty {kind} split"
+    message = (f"{raw / f'{split}-images-idx3-ubyte.gz'} holds no images (its header says (0, 28, 28)): "
+               f"an empty {kind} split")
     with pytest.raises(data.DataError, match=message.replace("(", r"\(").replace(")", r"\)")):
         data.check_data_dir("mnist", str(tmp_path), download=False)
     with pytest.raises(data.DataError, match="holds no images"):
         data.MNIST(str(tmp_path), train=split == "train")
-    err = usage_error(train_fad_ae.main, ["--dataset", "mnist", "--data-dir", str(tmp_path), "--out", str(tmp_path / "r"),
-                                          "--workers", "0"], capsys)
+    err = usage_error(train_fad_ae.main, ["--dataset", "mnist", "--data-dir", str(tmp_path),
+                                          "--out", str(tmp_path / "r"), "--workers", "0"], capsys)
     assert message in err
     assert not (tmp_path / "r").exists()
 
@@ -186,7 +191,8 @@ def test_an_empty_test_split_is_refused_by_the_evaluators(checkpoints, tmp_path,
     ("1", True, "--test-subset must be >= 2 with --fad-ae: FAD and FID fit a Gaussian"),
 ])
 def test_evaluate_vae_refuses_a_test_subset_its_metrics_cannot_use(checkpoints, data_dir, capsys, subset, fad, message):
-    argv = ["--checkpoint", checkpoints["vae"], "--data-dir", str(data_dir), "--num-samples", "2", "--test-subset", subset]
+    argv = ["--checkpoint", checkpoints["vae"], "--data-dir", str(data_dir), "--num-samples", "2",
+            "--test-subset", subset]
     err = usage_error(evaluate_vae.main, argv + (["--fad-ae", checkpoints["fad"]] if fad else []), capsys)
     assert message in err
 
@@ -203,7 +209,8 @@ def test_evaluate_vae_on_one_test_image_without_fad(checkpoints, data_dir):
     (evaluate_vae.main, ["--seed", str(2**70)], f"--seed must be in [0, 2**63), got {2**70}"),
     (sample_vae.main, ["--seed", "-1", "--out", "OUT"], "--seed must be in [0, 2**63), got -1"),
     (evaluate_classifier.main, ["--test-subset", "0"], "--test-subset must be >= 1, got 0"),
-    (train_fad_ae.main, ["--dataset", "mnist", "--test-subset", "-5", "--out", "OUT"], "--test-subset must be >= 1, got -5"),
+    (train_fad_ae.main, ["--dataset", "mnist", "--test-subset", "-5", "--out", "OUT"],
+     "--test-subset must be >= 1, got -5"),
 ])
 def test_evaluator_options_below_their_minimum(checkpoints, data_dir, tmp_path, capsys, main, argv, message):
     (tmp_path / "WEIGHTS").write_bytes(b"")
@@ -222,17 +229,19 @@ def test_evaluator_options_below_their_minimum(checkpoints, data_dir, tmp_path, 
     (evaluate_classifier.main, "--checkpoint", "classifier", "does not fit this version's classifier"),
     (evaluate_vae.main, "--checkpoint", "classifier", "is a train_classifier checkpoint (a spiking classifier); "
                                                       "expected a train_vae checkpoint (a VAE)"),
-    (evaluate_vae.main, "--checkpoint", "fad", "is a train_fad_ae checkpoint (the FAD autoencoder); expected a train_vae"),
-    (evaluate_vae.main, "--checkpoint", "other", "is not a checkpoint of this project's VAE, classifier or FAD trainers "
-                                                 "(its model_config holds ['hidden'])"),
+    (evaluate_vae.main, "--checkpoint", "fad", "is a train_fad_ae checkpoint (the FAD autoencoder); expected a "
+                                               "train_vae"),
+    (evaluate_vae.main, "--checkpoint", "other", "is not a checkpoint of this project's VAE, classifier or FAD "
+                                                 "trainers (its model_config holds ['hidden'])"),
     (evaluate_vae.main, "--fad-ae", "vae", "is a train_vae checkpoint (a VAE); expected a train_fad_ae checkpoint"),
     (evaluate_vae.main, "--fad-ae", "classifier", "is a train_classifier checkpoint (a spiking classifier); expected a "
                                                   "train_fad_ae"),
     (evaluate_vae.main, "--fad-ae", "fashion_fad", "is the FAD autoencoder of fashion, but --checkpoint's VAE was "
                                                    "trained on mnist"),
-    (sample_vae.main, "--checkpoint", "classifier", "is a train_classifier checkpoint (a spiking classifier); expected a "
-                                                    "train_vae"),
-    (sample_vae.main, "--checkpoint", "fad", "is a train_fad_ae checkpoint (the FAD autoencoder); expected a train_vae"),
+    (sample_vae.main, "--checkpoint", "classifier", "is a train_classifier checkpoint (a spiking classifier); "
+                                                    "expected a train_vae"),
+    (sample_vae.main, "--checkpoint", "fad", "is a train_fad_ae checkpoint (the FAD autoencoder); expected a "
+                                             "train_vae"),
 ])
 def test_a_checkpoint_of_another_trainer_is_named(checkpoints, data_dir, tmp_path, capsys, main, option, kind, message):
     argv = ["--data-dir", str(data_dir)]
@@ -248,7 +257,8 @@ def test_a_checkpoint_of_another_trainer_is_named(checkpoints, data_dir, tmp_pat
 def test_inception_weights_that_are_not_a_state_dict_are_named(checkpoints, data_dir, tmp_path, capsys):
     (tmp_path / "w.pth").write_bytes(b"not a torch file")
     err = usage_error(evaluate_vae.main, ["--checkpoint", checkpoints["vae"], "--data-dir", str(data_dir),
-                                          "--num-samples", "10", "--inception-weights", str(tmp_path / "w.pth")], capsys)
+                                          "--num-samples", "10", "--inception-weights", str(tmp_path / "w.pth")],
+                      capsys)
     assert f"--inception-weights {tmp_path / 'w.pth'} could not be read as a state dict of tensors" in err
 
 
@@ -264,8 +274,8 @@ def test_a_plain_file_that_disagrees_with_its_gz_is_a_usage_error(checkpoints, t
     with pytest.raises(data.DataError) as exc:
         data.check_data_dir("mnist", str(tmp_path), download=False)
     assert message in str(exc.value)
-    err = usage_error(train_fad_ae.main, ["--dataset", "mnist", "--data-dir", str(tmp_path), "--out", str(tmp_path / "r"),
-                                          "--workers", "0"], capsys)
+    err = usage_error(train_fad_ae.main, ["--dataset", "mnist", "--data-dir", str(tmp_path),
+                                          "--out", str(tmp_path / "r"), "--workers", "0"], capsys)
     assert message in err and not (tmp_path / "r").exists()
     err = usage_error(evaluate_vae.main, ["--checkpoint", checkpoints["vae"], "--data-dir", str(tmp_path),
                                           "--num-samples", "2"], capsys)
@@ -279,7 +289,8 @@ def test_an_evaluator_out_that_cannot_be_written_is_a_usage_error(checkpoints, d
                                                                   where, message):
     (tmp_path / "DIR").mkdir()
     out = tmp_path / where
-    err = usage_error(main, ["--checkpoint", checkpoints["vae"], "--data-dir", str(data_dir), "--out", str(out)], capsys)
+    err = usage_error(main, ["--checkpoint", checkpoints["vae"], "--data-dir", str(data_dir), "--out", str(out)],
+                      capsys)
     assert f"--out {out}" in err and message.replace("NOFOLDER", str(tmp_path / "NOFOLDER")) in err
     assert list((tmp_path / "DIR").iterdir()) == [] and not (tmp_path / "NOFOLDER").exists()
 
@@ -309,8 +320,8 @@ def test_a_sample_vae_out_that_cannot_be_written_is_a_usage_error(checkpoints, t
 
 @pytest.mark.parametrize("value", ["nan", "inf", "-1"])
 def test_train_fad_ae_refuses_a_weight_decay_adamw_cannot_use(data_dir, tmp_path, capsys, value):
-    err = usage_error(train_fad_ae.main, ["--dataset", "mnist", "--data-dir", str(data_dir), "--out", str(tmp_path / "r"),
-                                          "--weight-decay", value], capsys)
+    err = usage_error(train_fad_ae.main, ["--dataset", "mnist", "--data-dir", str(data_dir),
+                                          "--out", str(tmp_path / "r"), "--weight-decay", value], capsys)
     assert f"--weight-decay must be a finite number >= 0, got {float(value)}" in err
     assert not (tmp_path / "r").exists()
 

@@ -119,7 +119,8 @@ def test_sampling_passes_leave_running_statistics_alone():
     assert not torch.equal(bn.running_mean, before)
 
 
-@pytest.mark.parametrize("kw", [dict(model="fsvae", decoder="taid"), dict(model="fsvae", decoder="membrane"), dict(model="ann")],
+@pytest.mark.parametrize("kw", [dict(model="fsvae", decoder="taid"), dict(model="fsvae", decoder="membrane"),
+                                dict(model="ann")],
                          ids=["fsvae-taid", "fsvae-membrane", "ann"])
 def test_loss_decreases_on_a_fixed_batch(kw):
     torch.manual_seed(0)
@@ -268,12 +269,14 @@ def test_ann_vae_decoder_input_is_a_plain_linear():
 
 def test_bad_configs_are_rejected():
     for bad, msg in [(dict(model="gan"), "model must be one of"), (dict(decoder="rate"), "decoder must be one of"),
-                     (dict(image_size=28), "image_size must be 32 or 64"), (dict(latent_loss="l2"), "latent_loss must be one of")]:
+                     (dict(image_size=28), "image_size must be 32 or 64"),
+                     (dict(latent_loss="l2"), "latent_loss must be one of")]:
         with pytest.raises(ValueError, match=msg):
             VAEConfig(**bad)
 
 
-@pytest.mark.parametrize("dataset,latent,widths", [("mnist", 64, [32, 64, 128, 256]), ("cifar10", 128, [32, 64, 128, 256]),
+@pytest.mark.parametrize("dataset,latent,widths", [("mnist", 64, [32, 64, 128, 256]),
+                                                   ("cifar10", 128, [32, 64, 128, 256]),
                                                    ("celeba", 128, [32, 64, 128, 256, 512])])
 def test_fad_autoencoder_is_fsvae_design(dataset, latent, widths):
     ae = FadAutoencoder(fad_config(dataset))

@@ -65,9 +65,11 @@ def add_run_args(p, *, epochs: int, batch_size: int, lr: float, seed: int) -> No
     p.add_argument("--epochs", type=int, default=epochs,
                    help="epochs in the whole run; a larger value with --resume trains a finished run further "
                         "(default: %(default)s)")
-    p.add_argument("--batch-size", type=int, default=batch_size, help="images per step, per process (default: %(default)s)")
+    p.add_argument("--batch-size", type=int, default=batch_size,
+                   help="images per step, per process (default: %(default)s)")
     p.add_argument("--lr", type=float, default=lr, help="initial learning rate (default: %(default)s)")
-    p.add_argument("--device", default="auto", help="auto (the GPU if there is one), cpu or cuda (default: %(default)s)")
+    p.add_argument("--device", default="auto",
+                   help="auto (the GPU if there is one), cpu or cuda (default: %(default)s)")
     p.add_argument("--amp", choices=tuple(AMP_DTYPES), default="none",
                    help="autocast precision, GPU only (default: %(default)s)")
     p.add_argument("--seed", type=int, default=seed,
@@ -92,7 +94,8 @@ def add_run_args(p, *, epochs: int, batch_size: int, lr: float, seed: int) -> No
     p.add_argument("--progress", choices=("auto", "bar", "log", "none"), default="auto",
                    help="bar: a progress bar with the run's ETA; log: one plain line every --log-every steps "
                         "(for log files); auto: bar on a terminal, log otherwise (default: %(default)s)")
-    p.add_argument("--log-every", type=int, default=50, help="steps between lines of --progress log (default: %(default)s)")
+    p.add_argument("--log-every", type=int, default=50,
+                   help="steps between lines of --progress log (default: %(default)s)")
     p.add_argument("--keep-optimizer", action="store_true",
                    help="keep the optimizer state in the finished run's checkpoint, so that training it further "
                         "with --resume --epochs is exact; otherwise only the checkpoints of an unfinished run "
@@ -100,7 +103,8 @@ def add_run_args(p, *, epochs: int, batch_size: int, lr: float, seed: int) -> No
     p.add_argument("--stop-on-nonfinite", action="store_true",
                    help="stop at the first step whose loss or gradient is NaN or infinite, naming the step and "
                         "the parameter (one host sync per step) (default: %(default)s)")
-    p.add_argument("--halt-after-steps", type=int, default=None, help=argparse.SUPPRESS)  # tests: die mid-epoch, as if killed
+    # tests: die mid-epoch, as if killed
+    p.add_argument("--halt-after-steps", type=int, default=None, help=argparse.SUPPRESS)
 
 
 def validate_run_args(args, parser, check_data) -> None:

@@ -124,7 +124,8 @@ def load_checkpoint(path, what: str = "checkpoint", keys: Iterable[str] = ()) ->
         with zipfile.ZipFile(path) as archive:
             bad = archive.testzip()
     except (zipfile.BadZipFile, EOFError, OSError, ValueError) as e:
-        raise CheckpointError(f"{path} is damaged, truncated or not a PyTorch checkpoint ({size} bytes; zip: {e})") from None
+        raise CheckpointError(f"{path} is damaged, truncated or not a PyTorch checkpoint "
+                              f"({size} bytes; zip: {e})") from None
     if bad is not None:
         raise CheckpointError(f"{path} is damaged: the CRC-32 of its record {bad!r} does not match its bytes "
                               f"(a flipped or overwritten byte); do not use it")

@@ -236,7 +236,8 @@ def prepare_run_dir(args, parser, main: bool) -> None:
     if removed:
         _note(f"removed {len(removed)} temporary file(s) of interrupted writes from {out}: {', '.join(removed)}")
     if plan == "restart":
-        why = "is new" if created else "holds no checkpoint yet (an earlier attempt stopped before its first epoch ended)"
+        why = ("is new" if created
+               else "holds no checkpoint yet (an earlier attempt stopped before its first epoch ended)")
         _note(f"--resume: {out} {why}: starting the run from the beginning")
         args.resume = False
 
@@ -293,7 +294,8 @@ def prepare_run(args, parser, inherit=()):
         if diff:
             release_lock(run_dir)
             details = ", ".join(f"{k}: run has {a!r}, now {b!r}" for k, (a, b) in diff.items())
-            parser.error(f"--resume: the arguments differ from the run's ({details}); only {sorted(RUN_ONLY)} may change")
+            parser.error(f"--resume: the arguments differ from the run's ({details}); "
+                         f"only {sorted(RUN_ONLY)} may change")
         if len(ckpt["rng"]) != d.world:
             release_lock(run_dir)
             parser.error(f"--resume: the run used {len(ckpt['rng'])} processes, this launch has {d.world}")

@@ -71,8 +71,9 @@ def main():
     for r in result:
         print(f"{r['preset']}: window |h - v_th| < {r['window']:.2f}")
         for s in r["steps"]:
-            print(f"  step {s['step']}: loss {s['loss']:.4f}  rates {list(s['firing_rate'].values())}  output drive - v_th "
-                  f"{s['output_drive_minus_vth_mean']:+.2f} +- {s['output_drive_std']:.2f}  in window {s['output_in_window']:.3f}")
+            print(f"  step {s['step']}: loss {s['loss']:.4f}  rates {list(s['firing_rate'].values())}  "
+                  f"output drive - v_th {s['output_drive_minus_vth_mean']:+.2f} +- {s['output_drive_std']:.2f}  "
+                  f"in window {s['output_in_window']:.3f}")
     if args.out:
         Path(args.out).write_text(json.dumps(dict(
             command="python results/mnist_cpu_learning/probe_first_steps.py " + " ".join(sys.argv[1:]),
