@@ -102,28 +102,21 @@ def _alif_fake(x, tau, v_th, u0, steps, reset, detach_reset, surrogate, width, a
     return x.new_empty((T, *step_shape)), x.new_empty(step_shape if need_state else (0,))
 
 
-def _alif_fwd_outputs(x, tau, v_th, u0, steps, state_rows, need_state=True):
-    """The fake outputs of both forward ops: spikes, u_last (an empty (0,) tensor unless
-    need_state) and `state_rows` steps of state in the math dtype (checkpoints, or the legacy
-    kernels' h), an empty (0,) tensor when there are none."""
-    _check_devices("alif", "x", x, tau=tau, v_th=v_th, u0=u0)
-    step_shape, T = _alif_step_shape(x, steps)
-    state_shape = (state_rows, *step_shape) if state_rows > 0 else (0,)
-    return (
-        x.new_empty((T, *step_shape)),
-        x.new_empty(step_shape if need_state else (0,)),
-        x.new_empty(state_shape, dtype=_state_dtype(x.dtype)),
-    )
-
-
 @torch.library.register_fake("alif_cuda::alif_fwd")
 def _alif_fwd_fake(
     x, tau, v_th, u0, steps, reset, checkpoint, detach_reset, surrogate, width, alpha, decay_input=False,
     need_state=True, tau_logit=False,
 ):
-    T = steps if steps is not None else x.shape[0]
+    """Spikes, u_last (an empty (0,) tensor unless need_state) and the checkpoints in the math
+    dtype, an empty (0,) tensor when there are none."""
+    _check_devices("alif", "x", x, tau=tau, v_th=v_th, u0=u0)
+    step_shape, T = _alif_step_shape(x, steps)
     n_ckpt = (T - 1) // CHUNK if checkpoint and steps is None else 0
-    return _alif_fwd_outputs(x, tau, v_th, u0, steps, n_ckpt, need_state)
+    return (
+        x.new_empty((T, *step_shape)),
+        x.new_empty(step_shape if need_state else (0,)),
+        x.new_empty((n_ckpt, *step_shape) if n_ckpt > 0 else (0,), dtype=_state_dtype(x.dtype)),
+    )
 
 
 @torch.library.register_fake("alif_cuda::alif_bwd")
@@ -137,26 +130,6 @@ def _alif_bwd_fake(
     )
     grad_u0 = x.new_empty(u0.shape if need_grad_u0 and u0 is not None else (0,))
     return x.new_empty(x.shape), tau.new_empty(tau.shape), v_th.new_empty(v_th.shape), grad_u0
-
-
-@torch.library.register_fake("alif_cuda::alif_fwd_saved_h")
-def _alif_fwd_saved_h_fake(x, tau, v_th, u0, steps, reset, save_h, detach_reset, surrogate, width, alpha):
-    T = steps if steps is not None else x.shape[0]
-    return _alif_fwd_outputs(x, tau, v_th, u0, steps, T if save_h and steps is None else 0)
-
-
-@torch.library.register_fake("alif_cuda::alif_bwd_saved_h")
-def _alif_bwd_saved_h_fake(
-    grad_spikes, grad_u_last, h, x_static, tau, v_th, u0, reset, detach_reset, surrogate, width,
-    alpha, need_grad_u0,
-):
-    _check_devices(
-        "alif_bwd_saved_h", "grad_spikes", grad_spikes, grad_u_last=grad_u_last, h=h,
-        x_static=x_static, tau=tau, v_th=v_th, u0=u0,
-    )
-    grad_x = grad_spikes.new_empty(x_static.shape if x_static is not None else grad_spikes.shape)
-    grad_u0 = grad_spikes.new_empty(u0.shape if need_grad_u0 and u0 is not None else (0,))
-    return grad_x, tau.new_empty(tau.shape), v_th.new_empty(v_th.shape), grad_u0
 
 
 # Python floats become tensors once per (value, dtype, device): torch.tensor(v, device="cuda")

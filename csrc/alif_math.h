@@ -34,8 +34,8 @@ constexpr int kChunk = 8;
 inline int64_t num_checkpoints(int64_t T) { return (T - 1) / kChunk; }
 
 // The CPU backward's dL/dtau and dL/dv_th sums with scalar parameters: neurons in blocks of this
-// many, each block's terms added in neuron order in double, then the blocks in order (the legacy
-// CPU kernels sum the same way, so both give the same bits, whatever the number of threads).
+// many, each block's terms added in neuron order in double, then the blocks in order, so the bits
+// do not depend on the number of threads.
 constexpr int64_t kCpuSumBlock = 2048;
 
 // Geometry of one alif call. Neurons of one time step are laid out as (B, C, I): C is the channel

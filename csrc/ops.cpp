@@ -1,19 +1,15 @@
 // Op schemas of the alif_cuda library, the argument checks every backend shares, and the ops'
-// autograd (C++, for the Autograd key). The kernels live in <op>_cpu.cpp and <op>_cuda.cu (the
-// saved-h fallback in alif_legacy_*); fake kernels in alif_cuda/ops.py.
+// autograd (C++, for the Autograd key). The kernels live in <op>_cpu.cpp and <op>_cuda.cu; fake
+// kernels in alif_cuda/ops.py.
 #include <Python.h>
 #include <ATen/ops/empty.h>
-#include <ATen/ops/zeros.h>
 #include <torch/autograd.h>
 #include <torch/library.h>
 
-#include <cctype>
-#include <cstdlib>
 #include <functional>
 #include <utility>
 
 #include "alif.h"
-#include "alif_legacy.h"
 #include "cpu_memory.h"
 #include "taid.h"
 
@@ -228,95 +224,6 @@ AlifBwdBuffers prepare_alif_bwd(const AlifParams& p, const std::optional<at::Ten
   return b;
 }
 
-namespace legacy {
-
-AlifParams make_bwd_params(const at::Tensor& grad_spikes,
-                                const std::optional<at::Tensor>& grad_u_last,
-                                const std::optional<at::Tensor>& h,
-                                const std::optional<at::Tensor>& x_static, const at::Tensor& tau,
-                                const at::Tensor& v_th, const std::optional<at::Tensor>& u0,
-                                std::string_view reset, bool detach_reset,
-                                std::string_view surrogate, double width, double alpha) {
-  const char* who = "alif_bwd_saved_h";
-  TORCH_CHECK(h.has_value() != x_static.has_value(), who,
-              ": pass exactly one of h (time-major x) and x_static (static x)");
-  TORCH_CHECK(grad_spikes.dim() >= 2, who, ": grad_spikes must be (T, B, ...), got shape ",
-              shape_str(grad_spikes.sizes()));
-  AlifParams p;
-  if (x_static.has_value()) {
-    p = make_alif_params(who, *x_static, grad_spikes.size(0), tau, v_th, u0, reset);
-    auto expected = x_static->sizes().vec();
-    expected.insert(expected.begin(), p.T);
-    TORCH_CHECK(grad_spikes.sizes().vec() == expected, who, ": grad_spikes must have shape ",
-                shape_str(expected), ", got ", shape_str(grad_spikes.sizes()));
-    TORCH_CHECK(grad_spikes.scalar_type() == x_static->scalar_type(), who,
-                ": grad_spikes must have x's dtype (", x_static->scalar_type(), "), got ",
-                grad_spikes.scalar_type());
-  } else {
-    p = make_alif_params(who, grad_spikes, std::nullopt, tau, v_th, u0, reset);
-    const auto state_dtype = grad_spikes.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
-    TORCH_CHECK(h->sizes() == grad_spikes.sizes(), who, ": h must have grad_spikes' shape ",
-                shape_str(grad_spikes.sizes()), ", got ", shape_str(h->sizes()));
-    TORCH_CHECK(h->scalar_type() == state_dtype && h->device() == grad_spikes.device(), who,
-                ": h must be ", state_dtype, " on ", grad_spikes.device(), ", got ",
-                h->scalar_type(), " on ", h->device());
-  }
-  TORCH_CHECK(grad_spikes.device() == tau.device(), who, ": grad_spikes must be on ", tau.device(),
-              ", got ", grad_spikes.device());
-  if (grad_u_last.has_value()) {
-    const auto shape = step_shape(grad_spikes, false);
-    TORCH_CHECK(grad_u_last->sizes().vec() == shape &&
-                    grad_u_last->scalar_type() == grad_spikes.scalar_type() &&
-                    grad_u_last->device() == grad_spikes.device(),
-                who, ": grad_u_last must be ", grad_spikes.scalar_type(), " of shape ",
-                shape_str(shape), " on ", grad_spikes.device(), ", got ",
-                grad_u_last->scalar_type(), " of shape ", shape_str(grad_u_last->sizes()), " on ",
-                grad_u_last->device());
-  }
-  p.detach_reset = detach_reset;
-  set_surrogate(p, surrogate, width, alpha);
-  TORCH_CHECK(p.surrogate != Surrogate::Sigmoid, who,
-              ": the legacy kernels have no sigmoid surrogate (alif runs such calls on the "
-              "replaying kernels)");
-  return p;
-}
-
-FwdOutputs alloc_fwd(const at::Tensor& x, const AlifParams& p, bool save_h) {
-  const auto shape = step_shape(x, p.static_x);
-  auto seq_shape = shape;
-  seq_shape.insert(seq_shape.begin(), p.T);
-  FwdOutputs out;
-  out.spikes = at::empty(seq_shape, x.options());
-  out.u_last = at::empty(shape, x.options());
-  const auto state_dtype = x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
-  out.h = at::empty(save_h && !p.static_x ? seq_shape : std::vector<int64_t>{0},
-                    x.options().dtype(state_dtype));
-  return out;
-}
-
-BwdBuffers prepare_bwd(const AlifParams& p, const at::Tensor& grad_spikes,
-                                const std::optional<at::Tensor>& grad_u_last,
-                                const std::optional<at::Tensor>& h,
-                                const std::optional<at::Tensor>& x_static,
-                                const std::optional<at::Tensor>& u0, bool need_grad_u0) {
-  auto contiguous = [](const std::optional<at::Tensor>& t) {
-    return t.has_value() ? t->contiguous() : at::Tensor();
-  };
-  BwdBuffers b;
-  b.grad_spikes = grad_spikes.contiguous();
-  b.grad_u_last = contiguous(grad_u_last);
-  b.h = contiguous(h);
-  b.x_static = contiguous(x_static);
-  b.u0 = contiguous(u0);
-  const auto& g = b.grad_spikes;
-  b.grad_x = at::empty(p.static_x ? b.x_static.sizes() : g.sizes(), g.options());
-  b.grad_u0 = at::empty(need_grad_u0 && p.has_u0 ? b.u0.sizes() : at::IntArrayRef{0},
-                        g.options());
-  return b;
-}
-
-}  // namespace legacy
-
 at::Tensor param_grad(const at::Tensor& channel_sums, const at::Tensor& param) {
   if (param.dim() == 0 && channel_sums.numel() != 1) return channel_sums.sum().to(param.scalar_type());
   // One channel's sum is already a scalar parameter's total: no reduction launch. A row of a
@@ -444,19 +351,6 @@ TORCH_LIBRARY(alif_cuda, m) {
       "Tensor tau, Tensor v_th, Tensor? u0, str reset, bool detach_reset, str surrogate, "
       "float width, float alpha, bool need_grad_u0, bool decay_input=False, "
       "bool tau_logit=False) -> (Tensor, Tensor, Tensor, Tensor)");
-  // The legacy saved-h kernels (alif_legacy.h), used by alif when ALIF_CUDA_LEGACY_KERNELS=1
-  // for the configurations they have (no decay_input, no sigmoid surrogate; others run on the
-  // kernels above):
-  // h (T, B, ...) in the math dtype is the third output (empty unless save_h and time-major), and
-  // the backward takes exactly one of h and x_static.
-  m.def(
-      "alif_fwd_saved_h(Tensor x, Tensor tau, Tensor v_th, Tensor? u0, int? steps, str reset, "
-      "bool save_h, bool detach_reset, str surrogate, float width, float alpha) "
-      "-> (Tensor, Tensor, Tensor)");
-  m.def(
-      "alif_bwd_saved_h(Tensor grad_spikes, Tensor? grad_u_last, Tensor? h, Tensor? x_static, "
-      "Tensor tau, Tensor v_th, Tensor? u0, str reset, bool detach_reset, str surrogate, "
-      "float width, float alpha, bool need_grad_u0) -> (Tensor, Tensor, Tensor, Tensor)");
   // s: (T, B, C, H, W), w: (T, T), reduce "sum" or "mean". Returns the decoded y (B, C, H, W) in
   // s's dtype, and the attention A and squeezed means X (T, B, C) in float32 (float64 for float64
   // s), which the backward reuses.
@@ -478,19 +372,6 @@ namespace {
 using torch::autograd::AutogradContext;
 using torch::autograd::variable_list;
 
-// ALIF_CUDA_LEGACY_KERNELS=1 (or true/yes/on; TAID reads the same variable) selects the saved-h
-// kernels; read once, at the first alif call.
-bool use_legacy_kernels() {
-  static const bool legacy = [] {
-    const char* v = std::getenv("ALIF_CUDA_LEGACY_KERNELS");
-    if (v == nullptr) return false;
-    std::string s(v);
-    for (char& ch : s) ch = static_cast<char>(std::tolower(static_cast<unsigned char>(ch)));
-    return s == "1" || s == "true" || s == "yes" || s == "on";
-  }();
-  return legacy;
-}
-
 template <typename Sig>
 c10::TypedOperatorHandle<Sig> op_handle(const char* name) {
   return c10::Dispatcher::singleton().findSchemaOrThrow(name, "").typed<Sig>();
@@ -500,19 +381,11 @@ using AlifFwdSig = std::tuple<at::Tensor, at::Tensor, at::Tensor>(
     const at::Tensor&, const at::Tensor&, const at::Tensor&, const std::optional<at::Tensor>&,
     std::optional<int64_t>, std::string_view, bool, bool, std::string_view, double, double, bool,
     bool, bool);
-using AlifFwdSavedHSig = std::tuple<at::Tensor, at::Tensor, at::Tensor>(
-    const at::Tensor&, const at::Tensor&, const at::Tensor&, const std::optional<at::Tensor>&,
-    std::optional<int64_t>, std::string_view, bool, bool, std::string_view, double, double);
 using AlifBwdSig = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor>(
     const std::optional<at::Tensor>&, const std::optional<at::Tensor>&, const at::Tensor&,
     const std::optional<at::Tensor>&, std::optional<int64_t>, const at::Tensor&, const at::Tensor&,
     const std::optional<at::Tensor>&, std::string_view, bool, std::string_view, double, double,
     bool, bool, bool);
-using AlifBwdSavedHSig = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor>(
-    const at::Tensor&, const std::optional<at::Tensor>&, const std::optional<at::Tensor>&,
-    const std::optional<at::Tensor>&, const at::Tensor&, const at::Tensor&,
-    const std::optional<at::Tensor>&, std::string_view, bool, std::string_view, double, double,
-    bool);
 using TaidFwdSig = std::tuple<at::Tensor, at::Tensor, at::Tensor>(const at::Tensor&,
                                                                   const at::Tensor&,
                                                                   std::string_view);
@@ -524,26 +397,14 @@ std::optional<at::Tensor> opt(const at::Tensor& t) {
   return t.defined() ? std::optional<at::Tensor>(t) : std::nullopt;
 }
 
-// Whether this call runs the legacy kernels: selected, and a configuration they have.
-bool legacy_for(std::string_view surrogate, bool decay_input, bool tau_logit) {
-  return use_legacy_kernels() && !decay_input && !tau_logit && surrogate != "sigmoid";
-}
-
-// The forward without autograd; `for_backward` asks for what the backward needs (checkpoints,
-// or h from the legacy kernels) as the third output; u_last is empty unless need_state.
+// The forward without autograd; `for_backward` asks for the checkpoints the backward needs as the
+// third output; u_last is empty unless need_state.
 std::tuple<at::Tensor, at::Tensor, at::Tensor> alif_forward(
     const at::Tensor& x, const at::Tensor& tau, const at::Tensor& v_th,
     const std::optional<at::Tensor>& u0, std::optional<int64_t> steps, std::string_view reset,
     bool for_backward, bool detach_reset, std::string_view surrogate, double width,
     double alpha, bool decay_input, bool need_state, bool tau_logit) {
   static const auto fwd = op_handle<AlifFwdSig>("alif_cuda::alif_fwd");
-  static const auto fwd_saved_h = op_handle<AlifFwdSavedHSig>("alif_cuda::alif_fwd_saved_h");
-  if (legacy_for(surrogate, decay_input, tau_logit)) {
-    auto out = fwd_saved_h.call(x, tau, v_th, u0, steps, reset, for_backward, detach_reset,
-                                surrogate, width, alpha);
-    if (!need_state) std::get<1>(out) = at::empty({0}, x.options());  // the legacy kernels write it
-    return out;
-  }
   return fwd.call(x, tau, v_th, u0, steps, reset, for_backward, detach_reset, surrogate, width,
                   alpha, decay_input, need_state, tau_logit);
 }
@@ -559,7 +420,7 @@ struct AlifFunction : public torch::autograd::Function<AlifFunction> {
         alif_forward(x, tau, v_th, u0, steps, reset, true, detach_reset, surrogate, width, alpha,
                      decay_input, need_state, tau_logit);
     // Saved: x itself (never a copy; autograd's version counter guards it), the parameters,
-    // u0, and the checkpoints (empty for T <= 8) or, from the legacy kernels, h.
+    // u0, and the checkpoints (empty for T <= 8).
     ctx->save_for_backward({x, tau, v_th, u0.value_or(at::Tensor()), state});
     ctx->saved_data["steps"] = steps.has_value() ? c10::IValue(*steps) : c10::IValue();
     ctx->saved_data["reset"] = std::string(reset);
@@ -576,7 +437,6 @@ struct AlifFunction : public torch::autograd::Function<AlifFunction> {
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     static const auto bwd = op_handle<AlifBwdSig>("alif_cuda::alif_bwd");
-    static const auto bwd_saved_h = op_handle<AlifBwdSavedHSig>("alif_cuda::alif_bwd_saved_h");
     const auto saved = ctx->get_saved_variables();
     const at::Tensor &x = saved[0], &tau = saved[1], &v_th = saved[2], &u0 = saved[3],
                      &state = saved[4];
@@ -595,20 +455,9 @@ struct AlifFunction : public torch::autograd::Function<AlifFunction> {
     const bool decay_input = d.at("decay_input").toBool();
     const bool tau_logit = d.at("tau_logit").toBool();
     const bool need_grad_u0 = u0.defined() && ctx->needs_input_grad(3);
-    std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> r;
-    if (legacy_for(surrogate, decay_input, tau_logit)) {
-      const bool stat = steps.has_value();
-      // The legacy backward needs grad_spikes: zeros when the spikes got no gradient.
-      std::vector<int64_t> seq = x.sizes().vec();
-      if (stat) seq.insert(seq.begin(), *steps);
-      r = bwd_saved_h.call(g_spikes.defined() ? g_spikes : at::zeros(seq, x.options()),
-                           opt(g_u_last), stat ? std::nullopt : opt(state),
-                           stat ? opt(x) : std::nullopt, tau, v_th, opt(u0), reset, detach,
-                           surrogate, width, alpha, need_grad_u0);
-    } else {
-      r = bwd.call(opt(g_spikes), opt(g_u_last), x, opt(state), steps, tau, v_th, opt(u0), reset,
-                   detach, surrogate, width, alpha, need_grad_u0, decay_input, tau_logit);
-    }
+    const auto r = bwd.call(opt(g_spikes), opt(g_u_last), x, opt(state), steps, tau, v_th,
+                            opt(u0), reset, detach, surrogate, width, alpha, need_grad_u0,
+                            decay_input, tau_logit);
     out[0] = std::get<0>(r);
     out[1] = std::get<1>(r);
     out[2] = std::get<2>(r);
@@ -717,7 +566,6 @@ struct RefuseDoubleBackward : public torch::autograd::Function<RefuseDoubleBackw
 };
 
 constexpr char kAlifBwd[] = "alif_bwd";
-constexpr char kAlifBwdSavedH[] = "alif_bwd_saved_h";
 constexpr char kTaidBwd[] = "taid_bwd";
 
 // Runs a backward op below autograd; in grad mode with a differentiable input (a double
@@ -759,24 +607,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> alif_bwd_autograd(
   return {out[0], out[1], out[2], out[3]};
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> alif_bwd_saved_h_autograd(
-    const at::Tensor& grad_spikes, const std::optional<at::Tensor>& grad_u_last,
-    const std::optional<at::Tensor>& h, const std::optional<at::Tensor>& x_static,
-    const at::Tensor& tau, const at::Tensor& v_th, const std::optional<at::Tensor>& u0,
-    std::string_view reset, bool detach_reset, std::string_view surrogate, double width,
-    double alpha, bool need_grad_u0) {
-  static const auto bwd = op_handle<AlifBwdSavedHSig>("alif_cuda::alif_bwd_saved_h");
-  const auto out = run_backward_op<kAlifBwdSavedH>(
-      {grad_spikes, grad_u_last.value_or(at::Tensor()), tau, v_th, u0.value_or(at::Tensor())},
-      [&] {
-        at::AutoDispatchBelowADInplaceOrView guard;
-        return to_list(bwd.call(grad_spikes, grad_u_last, h, x_static, tau, v_th, u0, reset,
-                                detach_reset, surrogate, width, alpha, need_grad_u0),
-                       std::make_index_sequence<4>{});
-      });
-  return {out[0], out[1], out[2], out[3]};
-}
-
 std::tuple<at::Tensor, at::Tensor> taid_bwd_autograd(const at::Tensor& grad_y,
                                                      const at::Tensor& s, const at::Tensor& w,
                                                      const at::Tensor& attn,
@@ -796,7 +626,6 @@ TORCH_LIBRARY_IMPL(alif_cuda, Autograd, m) {
   m.impl("alif", &alif_autograd);
   m.impl("taid", &taid_autograd);
   m.impl("alif_bwd", &alif_bwd_autograd);
-  m.impl("alif_bwd_saved_h", &alif_bwd_saved_h_autograd);
   m.impl("taid_bwd", &taid_bwd_autograd);
 }
 

@@ -16,9 +16,10 @@
 // chunk once. dL/dw sums the planes' dZ in a fixed order. Nothing uses atomics; the results are
 // deterministic.
 //
-// ALIF_CUDA_LEGACY_KERNELS=1 (read once per process) selects the previous kernels instead: one
-// step's loads at a time, scalar accesses. Both give the same y and ds bit for bit except where the
-// new backward sums a thread's pixels in a different order.
+// ALIF_CUDA_TAID_SINGLE_BLOCK=1 (read once per process) makes the forward use one block per plane
+// whatever the plane size, never a cluster: the slice is then the whole plane, cached when it fits
+// in one block's shared memory and read twice otherwise. The sums then run in another order, so y
+// agrees with the cluster path to rounding; a GPU run compares the two on the same data.
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/ops/empty.h>
@@ -73,11 +74,11 @@ bool env_flag(const char* name) {
   return false;
 }
 
-// Read once per process (1, true, yes or on, in any case, as for the alif ops): the previous
-// kernels, kept as a fallback and for comparison.
-bool use_legacy_kernels() {
-  static const bool legacy = env_flag("ALIF_CUDA_LEGACY_KERNELS");
-  return legacy;
+// ALIF_CUDA_TAID_SINGLE_BLOCK (1, true, yes or on, in any case), read once per process: the
+// forward's cluster-free path, for comparison with the cluster path.
+bool single_block_only() {
+  static const bool single = env_flag("ALIF_CUDA_TAID_SINGLE_BLOCK");
+  return single;
 }
 
 template <typename acc_t>
@@ -218,8 +219,8 @@ __device__ __forceinline__ void reweight_slice(int64_t T, int64_t n, const acc_t
 }
 
 // kCache: the slice lives in shared memory between the passes (else pass 2 reads s again).
-// kStaged: pass 1 copies every step of the slice into the cache before summing any (else, the
-// legacy kernel, it loads and sums one step at a time). vec: s allows 16-byte accesses
+// kStaged: pass 1 copies every step of the slice into the cache before summing any (else it loads
+// and sums one step at a time); a cached slice is always staged. vec: s allows 16-byte accesses
 // (s 16-byte aligned, plane_size and slice multiples of kVec).
 template <typename scalar_t, bool kCache, bool kCluster, bool kStaged>
 __global__ void __launch_bounds__(kMaxThreads)
@@ -231,7 +232,7 @@ __global__ void __launch_bounds__(kMaxThreads)
   using acc_t = at::opmath_type<scalar_t>;
   using M = TaidMath<acc_t>;
   constexpr int V = kVec<scalar_t>;
-  static_assert(!kStaged || kCache, "staging needs the cache");
+  static_assert(kStaged == kCache, "a cached slice is staged, an uncached one is not");
   extern __shared__ __align__(16) unsigned char smem_raw[];
   const int warps = blockDim.x / 32;
   const Smem<acc_t> sm(smem_raw, p.T, warps);
@@ -268,11 +269,7 @@ __global__ void __launch_bounds__(kMaxThreads)
   } else {
     for (int64_t t = 0; t < p.T; ++t) {
       acc_t sum = 0;
-      for (int64_t j = threadIdx.x; j < n; j += blockDim.x) {
-        const scalar_t v = sp[t * step + j];
-        if constexpr (kCache) cache[t * slice + j] = v;
-        sum += acc_t(v);
-      }
+      for (int64_t j = threadIdx.x; j < n; j += blockDim.x) sum += acc_t(sp[t * step + j]);
       put_part(sm, t, sum);
     }
   }
@@ -363,7 +360,7 @@ __device__ __forceinline__ void write_grad_s(const TaidParams& p, const Smem<acc
 }
 
 // One block per plane: G_t, dZ_t (also written out for dw), then ds. vec: s, grad_y and grad_s
-// allow 16-byte accesses. kSteps = 1 with vec false is the legacy kernel.
+// allow 16-byte accesses.
 template <typename scalar_t, int kSteps>
 __global__ void __launch_bounds__(kMaxThreads)
     taid_bwd_kernel(TaidParams p, bool vec, const scalar_t* __restrict__ grad_y,
@@ -497,16 +494,16 @@ cudaLaunchConfig_t cluster_config(const FwdPlan& plan, int64_t blocks, cudaStrea
   return config;
 }
 
-template <typename scalar_t, bool kStaged>
+template <typename scalar_t>
 FwdPlan make_fwd_plan(const TaidParams& p, int device, cudaStream_t stream) {
   using acc_t = at::opmath_type<scalar_t>;
   const DeviceInfo info = device_info(device);
-  auto* cluster_kernel = taid_fwd_kernel<scalar_t, true, true, kStaged>;
+  auto* cluster_kernel = taid_fwd_kernel<scalar_t, true, true, true>;
   cudaFuncAttributes attrs;
   C10_CUDA_CHECK(cudaFuncGetAttributes(&attrs, cluster_kernel));
   // ptxVersion, not binaryVersion: a build whose PTX predates sm_90 (JIT-compiled on a Hopper)
   // has the cluster exchange compiled out (__trap) whatever it runs on.
-  const bool clusters = info.cluster_launch && attrs.ptxVersion >= 90;
+  const bool clusters = !single_block_only() && info.cluster_launch && attrs.ptxVersion >= 90;
 
   auto plan_for = [&](int64_t split) {
     FwdPlan plan;
@@ -551,15 +548,15 @@ FwdPlan make_fwd_plan(const TaidParams& p, int device, cudaStream_t stream) {
 
 // The plan depends only on the device, the dtype, T and the plane size: made once per such key
 // (the queries and occupancy checks cost more than the kernel at small sizes), under a lock.
-template <typename scalar_t, bool kStaged>
+template <typename scalar_t>
 FwdPlan fwd_plan(const TaidParams& p, int device, cudaStream_t stream) {
   static std::mutex mutex;
-  static std::map<std::tuple<int, int64_t, int64_t>, FwdPlan> plans;  // per scalar_t, kStaged
+  static std::map<std::tuple<int, int64_t, int64_t>, FwdPlan> plans;  // per scalar_t
   const auto key = std::make_tuple(device, p.T, p.plane_size);
   const std::lock_guard<std::mutex> lock(mutex);
   const auto it = plans.find(key);
   if (it != plans.end()) return it->second;
-  const FwdPlan plan = make_fwd_plan<scalar_t, kStaged>(p, device, stream);
+  const FwdPlan plan = make_fwd_plan<scalar_t>(p, device, stream);
   plans.emplace(key, plan);
   return plan;
 }
@@ -575,23 +572,23 @@ bool vec_ok(int64_t plane_size, std::initializer_list<const void*> ptrs) {
   return true;
 }
 
-template <typename scalar_t, bool kStaged>
+template <typename scalar_t>
 void launch_taid_fwd(const TaidParams& p, int device, cudaStream_t stream, const scalar_t* s,
                      const at::opmath_type<scalar_t>* w, scalar_t* y,
                      at::opmath_type<scalar_t>* attn, at::opmath_type<scalar_t>* squeezed) {
-  const FwdPlan plan = fwd_plan<scalar_t, kStaged>(p, device, stream);
-  const bool vec = kStaged && vec_ok<scalar_t>(p.plane_size, {s, y});
+  const FwdPlan plan = fwd_plan<scalar_t>(p, device, stream);
+  const bool vec = vec_ok<scalar_t>(p.plane_size, {s, y});
   const dim3 grid(static_cast<unsigned>(p.planes * plan.split));
   const auto args = std::make_tuple(p, plan.split, plan.slice, vec, s, w, y, attn, squeezed);
   if (plan.split > 1) {
-    auto* kernel = taid_fwd_kernel<scalar_t, true, true, kStaged>;
+    auto* kernel = taid_fwd_kernel<scalar_t, true, true, true>;
     allow_max_smem(kernel, device);
     cudaLaunchAttribute attr;
     const cudaLaunchConfig_t config = cluster_config(plan, grid.x, stream, attr);
     std::apply([&](auto... a) { C10_CUDA_CHECK(cudaLaunchKernelEx(&config, kernel, a...)); },
                args);
   } else {
-    auto* kernel = plan.cache ? taid_fwd_kernel<scalar_t, true, false, kStaged>
+    auto* kernel = plan.cache ? taid_fwd_kernel<scalar_t, true, false, true>
                               : taid_fwd_kernel<scalar_t, false, false, false>;
     allow_max_smem(kernel, device);
     std::apply([&](auto... a) { kernel<<<grid, plan.threads, plan.smem, stream>>>(a...); }, args);
@@ -612,11 +609,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> taid_fwd_cuda(const at::Tensor& s
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, s.scalar_type(), "taid_fwd_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     const at::Tensor wc = w.to(c10::CppTypeToScalarType<acc_t>::value).contiguous();
-    auto* launch = use_legacy_kernels() ? launch_taid_fwd<scalar_t, false>
-                                        : launch_taid_fwd<scalar_t, true>;
-    launch(p, device, stream, sc.const_data_ptr<scalar_t>(), wc.const_data_ptr<acc_t>(),
-           out.y.mutable_data_ptr<scalar_t>(), out.attn.mutable_data_ptr<acc_t>(),
-           out.squeezed.mutable_data_ptr<acc_t>());
+    launch_taid_fwd<scalar_t>(p, device, stream, sc.const_data_ptr<scalar_t>(),
+                              wc.const_data_ptr<acc_t>(), out.y.mutable_data_ptr<scalar_t>(),
+                              out.attn.mutable_data_ptr<acc_t>(),
+                              out.squeezed.mutable_data_ptr<acc_t>());
   });
   return {out.y, out.attn, out.squeezed};
 }
@@ -639,12 +635,11 @@ std::tuple<at::Tensor, at::Tensor> taid_bwd_cuda(const at::Tensor& grad_y, const
       TORCH_CHECK(smem <= optin, "taid_bwd: T = ", p.T,
                   " time steps need more shared memory than this GPU has per block (", smem,
                   " > ", optin, " bytes)");
-      const bool legacy = use_legacy_kernels();
-      auto* kernel = legacy ? taid_bwd_kernel<scalar_t, 1> : taid_bwd_kernel<scalar_t, kBwdSteps>;
+      auto* kernel = taid_bwd_kernel<scalar_t, kBwdSteps>;
       const scalar_t* g = b.grad_y.const_data_ptr<scalar_t>();
       const scalar_t* sp = b.s.const_data_ptr<scalar_t>();
       scalar_t* ds = b.grad_s.mutable_data_ptr<scalar_t>();
-      const bool vec = !legacy && vec_ok<scalar_t>(p.plane_size, {g, sp, ds});
+      const bool vec = vec_ok<scalar_t>(p.plane_size, {g, sp, ds});
       allow_max_smem(kernel, device);
       kernel<<<static_cast<unsigned>(p.planes), threads, smem, stream>>>(
           p, vec, g, sp, b.w.const_data_ptr<acc_t>(), b.attn.const_data_ptr<acc_t>(), ds,

@@ -287,10 +287,8 @@ def test_opcheck(device, static, T):
         torch.ops.alif_cuda.alif, (x, tau, v_th, u0, steps, "soft", False, "atan", 1.0, 2.0, False, True, True)
     )
     torch.library.opcheck(torch.ops.alif_cuda.alif_fwd, (*fwd_args, False, True, True))
-    torch.library.opcheck(torch.ops.alif_cuda.alif_fwd_saved_h, fwd_args)
     with torch.no_grad():
         spikes, u_last, u_ckpt = torch.ops.alif_cuda.alif_fwd(*fwd_args)
-        _, _, h = torch.ops.alif_cuda.alif_fwd_saved_h(*fwd_args)
     x_d, tau_d, v_th_d, u0_d = (t.detach() for t in (x, tau, v_th, u0))
     g, g_u = torch.randn_like(spikes), torch.randn_like(u_last)
     for grads in ((g, g_u), (None, g_u), (g, None)):
@@ -301,11 +299,6 @@ def test_opcheck(device, static, T):
     torch.library.opcheck(
         torch.ops.alif_cuda.alif_bwd,
         (g, g_u, x_d, u_ckpt, steps, tau_d, v_th_d, u0_d, "hard", True, "atan", 1.0, 2.0, True, False, True),
-    )
-    torch.library.opcheck(
-        torch.ops.alif_cuda.alif_bwd_saved_h,
-        (g, g_u, None if static else h, x_d if static else None, tau_d, v_th_d, u0_d,
-         "hard", True, "atan", 1.0, 2.0, True),
     )
 
 

@@ -99,24 +99,12 @@ def test_ops_reject_bad_options_directly():
     """The registered ops check their string options too (for callers that bypass alif())."""
     x = torch.zeros(3, 4)
     tau, v_th = params()
-    for op in (torch.ops.alif_cuda.alif_fwd, torch.ops.alif_cuda.alif_fwd_saved_h):
-        with pytest.raises(RuntimeError, match=r'reset must be "hard" or "soft", got "none"'):
-            op(x, tau, v_th, None, None, "none", False, False, "rect", 1.0, 2.0)
-        with pytest.raises(RuntimeError, match=r'surrogate must be "rect", "atan" or "sigmoid", got "tri"'):
-            op(x, tau, v_th, None, None, "hard", False, False, "tri", 1.0, 2.0)
+    with pytest.raises(RuntimeError, match=r'reset must be "hard" or "soft", got "none"'):
+        torch.ops.alif_cuda.alif_fwd(x, tau, v_th, None, None, "none", False, False, "rect", 1.0, 2.0)
+    with pytest.raises(RuntimeError, match=r'surrogate must be "rect", "atan" or "sigmoid", got "tri"'):
+        torch.ops.alif_cuda.alif_fwd(x, tau, v_th, None, None, "hard", False, False, "tri", 1.0, 2.0)
     with pytest.raises(RuntimeError, match=r'surrogate must be "rect", "atan" or "sigmoid", got "tri"'):
         torch.ops.alif_cuda.alif(x, tau, v_th, None, None, "hard", False, "tri", 1.0, 2.0)
-
-
-def test_legacy_backward_refuses_the_sigmoid_surrogate():
-    """The saved-h kernels have no sigmoid surrogate: said, not computed as another one."""
-    x = torch.zeros(3, 4)
-    tau, v_th = params()
-    spikes, _, h = torch.ops.alif_cuda.alif_fwd_saved_h(x, tau, v_th, None, None, "hard", True,
-                                                         False, "sigmoid", 1.0, 4.0)
-    with pytest.raises(RuntimeError, match="legacy kernels have no sigmoid surrogate"):
-        torch.ops.alif_cuda.alif_bwd_saved_h(torch.ones_like(spikes), None, h, None, tau, v_th,
-                                             None, "hard", False, "sigmoid", 1.0, 4.0, False)
 
 
 def test_backward_without_checkpoints_is_an_error():
@@ -131,10 +119,6 @@ def test_backward_without_checkpoints_is_an_error():
     with pytest.raises(RuntimeError, match=r"for T = 11 > 8 the backward needs alif_fwd's u_ckpt .* got \[0\]"):
         torch.ops.alif_cuda.alif_bwd(
             spikes, None, x, u_ckpt, None, tau, v_th, None, "hard", False, "rect", 1.0, 2.0, False
-        )
-    with pytest.raises(RuntimeError, match=r"h must have grad_spikes' shape \[11, 4\], got \[0\]"):
-        torch.ops.alif_cuda.alif_bwd_saved_h(
-            spikes, None, torch.zeros(0), None, tau, v_th, None, "hard", False, "rect", 1.0, 2.0, False
         )
 
 

@@ -1,7 +1,8 @@
-"""The replaying alif kernels: bit-identical to the saved-h kernels they replace, every value type
-of the shared code (the CUDA kernels' too) executed on the CPU, chunk and lane tails, sliced
-input, and what the forward keeps for backward."""
+"""The replaying alif kernels: bit-identical to the saved-h algorithm they replaced (an explicit
+time loop here), every value type of the shared code (the CUDA kernels' too) executed on the CPU,
+chunk and lane tails, sliced input, and what the forward keeps for backward."""
 import itertools
+import math
 import os
 import platform
 from contextlib import contextmanager
@@ -44,25 +45,105 @@ def inputs(T, step_shape, dtype, per_channel, *, static=False, seed=0, u0=True):
     return x, tau, v_th, u, gs, gu
 
 
-def run_ops(x, tau, v_th, u0, gs, gu, *, static, T, reset, detach, surrogate, legacy=False,
-            decay=False):
+WIDTH, ALPHA = 0.7, 2.5  # the surrogate options every run here uses
+CPU_SUM_BLOCK = 2048  # csrc/alif_math.h kCpuSumBlock
+
+
+def run_ops(x, tau, v_th, u0, gs, gu, *, static, T, reset, detach, surrogate, decay=False):
     """Forward and backward through the kernels directly (no autograd): the outputs and grads."""
     steps = T if static else None
-    opts = (reset, True, detach, surrogate, 0.7, 2.5)
-    if legacy:
-        spikes, u_last, h = torch.ops.alif_cuda.alif_fwd_saved_h(x, tau, v_th, u0, steps, *opts)
-        grads = torch.ops.alif_cuda.alif_bwd_saved_h(
-            gs, gu, None if static else h, x if static else None, tau, v_th, u0, reset, detach,
-            surrogate, 0.7, 2.5, u0 is not None,
-        )
-    else:
-        spikes, u_last, u_ckpt = torch.ops.alif_cuda.alif_fwd(x, tau, v_th, u0, steps, *opts, decay)
-        assert u_ckpt.shape[0] == (0 if static or T <= CHUNK else (T - 1) // CHUNK)
-        grads = torch.ops.alif_cuda.alif_bwd(
-            gs, gu, x, u_ckpt, steps, tau, v_th, u0, reset, detach, surrogate, 0.7, 2.5,
-            u0 is not None, decay,
-        )
+    opts = (reset, True, detach, surrogate, WIDTH, ALPHA)
+    spikes, u_last, u_ckpt = torch.ops.alif_cuda.alif_fwd(x, tau, v_th, u0, steps, *opts, decay)
+    assert u_ckpt.shape[0] == (0 if static or T <= CHUNK else (T - 1) // CHUNK)
+    grads = torch.ops.alif_cuda.alif_bwd(
+        gs, gu, x, u_ckpt, steps, tau, v_th, u0, reset, detach, surrogate, WIDTH, ALPHA,
+        u0 is not None, decay,
+    )
     return (spikes, u_last, *grads)
+
+
+def _ordered_sum(values):
+    """Sum in float64, element after element (cumsum is sequential): the CPU kernels' order."""
+    return values.double().cumsum(-1)[..., -1]
+
+
+def saved_h_ref(x, tau, v_th, u0, gs, gu, *, static, T, reset, detach, surrogate):
+    """What run_ops computes, by the saved-h algorithm the replaying kernels replaced: the forward
+    keeps every h_t, the backward walks them back step by step. Each operation is one torch op in
+    the kernels' math dtype, in the kernels' order (so every rounding is theirs); the per-neuron
+    dL/dtau and dL/dv_th terms are summed over time in that dtype, then over neurons in float64 in
+    the CPU kernels' fixed order (blocks of 2048 neurons, then the blocks; or per channel)."""
+    acc = torch.float64 if x.dtype == torch.float64 else torch.float32
+    step = tuple(x.shape) if static else tuple(x.shape[1:])
+    per_channel = tau.dim() == 1 or v_th.dim() == 1
+
+    def param(p):
+        return p.to(acc).reshape((-1,) + (1,) * (len(step) - 2)) if p.dim() == 1 else p.to(acc)
+
+    tau_a, vth_a = param(tau), param(v_th)
+    soft = reset == "soft"
+    width, alpha = torch.tensor(WIDTH, dtype=acc), torch.tensor(ALPHA, dtype=acc)
+
+    def spike(h):
+        return (h >= vth_a).to(acc)
+
+    def reset_of(h, o):
+        return h - vth_a * o if soft else h * (1 - o)
+
+    def surrogate_of(d):
+        if surrogate == "rect":
+            half = width / 2
+            return (d < half).to(acc) * (d > -half).to(acc) / width
+        z = torch.tensor(math.pi / 2, dtype=acc) * alpha * d
+        return (alpha / 2) / (1 + z * z)
+
+    u_start = u0.to(acc) if u0 is not None else torch.zeros(step, dtype=acc)
+    u, hs, spikes = u_start, [], []
+    for t in range(T):
+        h = tau_a * u + (x if static else x[t]).to(acc)
+        o = spike(h)
+        hs.append(h)
+        spikes.append(o.to(x.dtype))
+        u = reset_of(h, o)
+    u_last = u.to(x.dtype)
+
+    du = gu.to(acc)
+    dtau = torch.zeros(step, dtype=acc)
+    dvth = torch.zeros(step, dtype=acc)
+    gx_sum = torch.zeros(step, dtype=acc)
+    grad_x = [None] * T
+    for t in range(T - 1, -1, -1):
+        h = hs[t]
+        u_prev = reset_of(hs[t - 1], spike(hs[t - 1])) if t > 0 else u_start
+        o, s = spike(h), surrogate_of(h - vth_a)
+        g = gs[t].to(acc)
+        g_total = g if detach else g - du * (vth_a if soft else h)
+        dh = s * g_total + (du if soft else du * (1 - o))
+        dtau = dtau + dh * u_prev
+        dvth = dvth + ((-s) * g_total - du * o if soft else (-s) * g_total)
+        if static:
+            gx_sum = gx_sum + dh
+        else:
+            grad_x[t] = dh.to(x.dtype)
+        du = tau_a * dh
+
+    def param_grad(terms, p):
+        if per_channel:
+            B, C = step[0], step[1]
+            sums = _ordered_sum(terms.reshape(B, C, -1).transpose(0, 1).reshape(C, -1)).to(acc)
+            return sums.sum().to(p.dtype) if p.dim() == 0 else sums.to(p.dtype)
+        flat = terms.reshape(-1)
+        total = 0.0
+        for b0 in range(0, flat.numel(), CPU_SUM_BLOCK):
+            total += _ordered_sum(flat[b0:b0 + CPU_SUM_BLOCK]).item()
+        return torch.tensor(total, dtype=torch.float64).to(acc).to(p.dtype)
+
+    return (
+        torch.stack(spikes), u_last,
+        gx_sum.to(x.dtype) if static else torch.stack(grad_x),
+        param_grad(dtau, tau), param_grad(dvth, v_th),
+        du.to(x.dtype) if u0 is not None else torch.empty(0, dtype=x.dtype),
+    )
 
 
 def assert_bitwise(got, want):
@@ -76,13 +157,13 @@ def assert_bitwise(got, want):
 @pytest.mark.parametrize("static", [False, True])
 @pytest.mark.parametrize("per_channel", [False, True])
 def test_replay_is_bitwise_the_saved_h_path(dtype, T, static, per_channel):
-    """Replaying h from x (and checkpoints every 8 steps) gives the saved-h kernels' exact bits:
+    """Replaying h from x (and checkpoints every 8 steps) gives the saved-h loop's exact bits:
     spikes, state and every gradient, T below, at and past the chunk, and not a multiple of it."""
     x, tau, v_th, u0, gs, gu = inputs(T, (3, 4, 5), dtype, per_channel, static=static)
     for surrogate, reset, detach in FLAGS:
         kw = dict(static=static, T=T, reset=reset, detach=detach, surrogate=surrogate)
         assert_bitwise(run_ops(x, tau, v_th, u0, gs, gu, **kw),
-                       run_ops(x, tau, v_th, u0, gs, gu, legacy=True, **kw))
+                       saved_h_ref(x, tau, v_th, u0, gs, gu, **kw))
 
 
 @pytest.mark.parametrize(
@@ -93,13 +174,13 @@ def test_replay_is_bitwise_the_saved_h_path(dtype, T, static, per_channel):
 @pytest.mark.parametrize("static", [False, True])
 def test_every_value_type_runs_the_same_arithmetic(dtype, value_type, static):
     """Every instantiation of the shared per-neuron code the CUDA kernels use (scalar, Lanes of 4
-    and 8), run here on the CPU over all template flags, matches the saved-h kernels bit for bit;
+    and 8), run here on the CPU over all template flags, matches the saved-h loop bit for bit;
     N = 37 leaves a tail in every lane count."""
     T = 19
     x, tau, v_th, u0, gs, gu = inputs(T, (37,), dtype, False, static=static, seed=2)
     for surrogate, reset, detach in FLAGS:
         kw = dict(static=static, T=T, reset=reset, detach=detach, surrogate=surrogate)
-        want = run_ops(x, tau, v_th, u0, gs, gu, legacy=True, **kw)
+        want = saved_h_ref(x, tau, v_th, u0, gs, gu, **kw)
         with cpu_value_type(value_type):
             got = run_ops(x, tau, v_th, u0, gs, gu, **kw)
         assert_bitwise(got, want)
@@ -114,7 +195,7 @@ def test_lane_count_tails(value_type, N):
     kw = dict(static=False, T=T, reset="hard", detach=False, surrogate="rect")
     with cpu_value_type(value_type):
         got = run_ops(x, tau, v_th, u0, gs, gu, **kw)
-    assert_bitwise(got, run_ops(x, tau, v_th, u0, gs, gu, legacy=True, **kw))
+    assert_bitwise(got, saved_h_ref(x, tau, v_th, u0, gs, gu, **kw))
 
 
 @pytest.mark.parametrize("dtype,value_type", [(torch.float32, v) for v in VALUE_TYPES if v != "vectorized"]
@@ -123,7 +204,7 @@ def test_lane_count_tails(value_type, N):
                             (torch.bfloat16, "avx2")])
 @pytest.mark.parametrize("static", [False, True])
 def test_sigmoid_and_decay_input_same_bits_in_every_value_type(dtype, value_type, static):
-    """The sigmoid surrogate and decay_input (no saved-h kernels to compare with): every value
+    """The sigmoid surrogate and decay_input (the saved-h kernels never had them): every value
     type the CUDA kernels use gives the default's (Vectorized) bits, over all flags, with tails
     in every lane count (N = 37)."""
     T = 19
@@ -176,7 +257,7 @@ def test_per_channel_with_one_neuron_per_channel_and_sample(value_type):
     kw = dict(static=False, T=T, reset="hard", detach=True, surrogate="atan")
     with cpu_value_type(value_type):
         got = run_ops(x, tau, v_th, u0, gs, gu, **kw)
-    assert_bitwise(got, run_ops(x, tau, v_th, u0, gs, gu, legacy=True, **kw))
+    assert_bitwise(got, saved_h_ref(x, tau, v_th, u0, gs, gu, **kw))
     spikes_ref = alif_ref(x, tau, v_th, u0, reset="hard", detach_reset=True, surrogate="atan")
     assert torch.equal(got[0], spikes_ref)
 
@@ -248,9 +329,9 @@ def test_reference_accepts_python_float_parameters():
     assert torch.equal(alif(x, 0.5, 0.2), want)
 
 
-@pytest.mark.parametrize("legacy_config", [False, True])
+@pytest.mark.parametrize("surrogate", ["atan", "sigmoid"])
 @pytest.mark.parametrize("static", [False, True])
-def test_final_state_is_not_written_unless_asked(static, legacy_config):
+def test_final_state_is_not_written_unless_asked(static, surrogate):
     """need_state=False (what alif() passes without return_state): u_last comes back as an empty
     (0,) tensor, the spikes and every gradient are the same as with the state, and a gradient
     that reaches the empty stand-in is ignored."""
@@ -265,7 +346,7 @@ def test_final_state_is_not_written_unless_asked(static, legacy_config):
     gs = torch.randn(T, *step, generator=g)
     steps = T if static else None
     xin = base if static else x
-    opts = ("hard", False, "atan" if legacy_config else "sigmoid", 1.0, 2.0, False)
+    opts = ("hard", False, surrogate, 1.0, 2.0, False)
     full, u_full = torch.ops.alif_cuda.alif(xin, tau, v_th, u0, steps, *opts, True)
     part, u_none = torch.ops.alif_cuda.alif(xin, tau, v_th, u0, steps, *opts, False)
     assert u_full.shape == step and u_none.shape == (0,)
@@ -301,13 +382,13 @@ def test_alif_without_return_state_allocates_no_final_state():
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("per_channel", [False, True])
-def test_parameter_sums_over_several_blocks_match_legacy_and_ignore_threads(dtype, per_channel):
+def test_parameter_sums_over_several_blocks_match_saved_h_and_ignore_threads(dtype, per_channel):
     """Past one block of the CPU's tau/v_th reduction (2048 neurons, with a tail): the same bits
-    as the saved-h kernels and for any number of threads, for every value type."""
+    as the saved-h loop and for any number of threads, for every value type."""
     T, step = 9, (3, 1, 1400)  # N = 4200: two whole blocks and a tail; per-channel with C = 1
     x, tau, v_th, u0, gs, gu = inputs(T, step, dtype, per_channel)
     kw = dict(static=False, T=T, reset="soft", detach=False, surrogate="atan")
-    want = run_ops(x, tau, v_th, u0, gs, gu, legacy=True, **kw)
+    want = saved_h_ref(x, tau, v_th, u0, gs, gu, **kw)
     threads = torch.get_num_threads()
     names = ["vectorized", "baseline", "scalar"] + (["lanes4", "lanes8"] if dtype == torch.float32 else [])
     try:

@@ -292,36 +292,52 @@ def test_taid_cuda_graph_capture(side):
     assert torch.equal(y, y_want) and torch.equal(gs, gs_want) and torch.equal(gw, gw_want)
 
 
-LEGACY_SCRIPT = """
+SINGLE_BLOCK_SCRIPT = """
 import sys, torch
+from torch.profiler import ProfilerActivity, profile
 from alif_cuda import taid
 s, w, g = torch.load(sys.argv[1])
 s, w = s.cuda().requires_grad_(), w.cuda().requires_grad_()
-y = taid(s, w)
-torch.save([t.cpu() for t in (y, *torch.autograd.grad(y, (s, w), g.cuda()))], sys.argv[2])
+with profile(activities=[ProfilerActivity.CUDA]) as prof:
+    y = taid(s, w)
+    torch.cuda.synchronize()
+kernels = sorted({e.name for e in prof.events() if "taid_fwd_kernel" in e.name})
+torch.save([[t.cpu() for t in (y, *torch.autograd.grad(y, (s, w), g.cuda()))], kernels], sys.argv[2])
 """
+
+
+def uses_cluster_kernel(kernels):
+    """Whether the forward ran taid_fwd_kernel<scalar_t, kCache=true, kCluster=true, ...>, by its
+    demangled or its mangled name."""
+    return any(", true, true, true>" in k or "Lb1ELb1ELb1E" in k for k in kernels)
 
 
 @pytest.mark.skipif(not HAS_CUDA, reason=CUDA_SKIP_REASON)
 @pytest.mark.parametrize("shape", [(16, 3, 2, 32, 32), (16, 2, 3, 61, 67), (16, 2, 1, 64, 64)],
                          ids=lambda s: "x".join(map(str, s)))
-def test_taid_cuda_legacy_kernels_agree(tmp_path, shape):
-    """ALIF_CUDA_LEGACY_KERNELS=1 (read once per process, so in a child process) selects the
-    previous kernels: the same y bit for bit, gradients to rounding."""
+def test_taid_cuda_single_block_path_agrees(tmp_path, shape):
+    """ALIF_CUDA_TAID_SINGLE_BLOCK=1 (read once per process, so in a child process) keeps the
+    forward off clusters: the same y and gradients to rounding as the cluster path, bit for bit
+    where a plane fits one block anyway (32x32), and no cluster kernel launched."""
     s, w = make_inputs(*shape, "cpu", torch.float32)
     g = torch.randn(shape[1:])
     torch.save([s.detach(), w.detach(), g], tmp_path / "in.pt")
     results = []
-    for legacy in ("0", "1"):
-        out = tmp_path / f"out{legacy}.pt"
-        env = dict(os.environ, ALIF_CUDA_LEGACY_KERNELS=legacy)
-        subprocess.run([sys.executable, "-c", LEGACY_SCRIPT, str(tmp_path / "in.pt"), str(out)],
+    for single in ("0", "1"):
+        out = tmp_path / f"out{single}.pt"
+        env = dict(os.environ, ALIF_CUDA_TAID_SINGLE_BLOCK=single)
+        subprocess.run([sys.executable, "-c", SINGLE_BLOCK_SCRIPT, str(tmp_path / "in.pt"), str(out)],
                        env=env, check=True, timeout=300)
         results.append(torch.load(out))
-    (y_new, gs_new, gw_new), (y_old, gs_old, gw_old) = results
-    assert torch.equal(y_new, y_old)
-    torch.testing.assert_close(gs_new, gs_old, rtol=1e-5, atol=1e-6)
-    torch.testing.assert_close(gw_new, gw_old, rtol=1e-4, atol=1e-5)
+    ((y_c, gs_c, gw_c), kernels_c), ((y_s, gs_s, gw_s), kernels_s) = results
+    assert kernels_s and not uses_cluster_kernel(kernels_s), kernels_s
+    if torch.cuda.get_device_capability() >= (9, 0):
+        assert uses_cluster_kernel(kernels_c) == (shape[-2:] != (32, 32)), kernels_c
+    if shape[-2:] == (32, 32):
+        assert torch.equal(y_s, y_c) and torch.equal(gs_s, gs_c) and torch.equal(gw_s, gw_c)
+    torch.testing.assert_close(y_s, y_c, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(gs_s, gs_c, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(gw_s, gw_c, rtol=1e-4, atol=1e-5)
 
 
 @pytest.mark.skipif(not HAS_CUDA, reason=CUDA_SKIP_REASON)
