@@ -27,15 +27,16 @@ use_cuda = not cpu_only and CUDA_HOME is not None and (force_cuda or torch.cuda.
 
 debug = env_flag("DEBUG")
 opt = ["-O0", "-g"] if debug else ["-O3"]
-sources = sorted(glob.glob("csrc/*.cpp"))
+# csrc/ holds the ops and their host side, csrc/cpu/ the CPU kernels, csrc/cuda/ the CUDA ones and
+# the ops' CUDA host side (plain C++).
+sources = sorted(glob.glob("csrc/*.cpp") + glob.glob("csrc/cpu/*.cpp"))
 # -fopenmp: at::parallel_for is a header template, so the extension itself must enable OpenMP.
 extra_compile_args = {"cxx": opt + ["-fopenmp"]}
 if use_cuda:
-    sources += sorted(glob.glob("csrc/*.cu"))
+    sources += sorted(glob.glob("csrc/cuda/*.cpp") + glob.glob("csrc/cuda/*.cu"))
     # --fmad=false: h = tau * u + x must round like PyTorch's separate multiply and add, so the
     # kernels' spikes equal the reference's bit for bit (the kernels are memory-bound; no cost).
     extra_compile_args["nvcc"] = opt + ["-lineinfo", "--fmad=false"]
-    extra_compile_args["cxx"].append("-DALIF_CUDA_WITH_CUDA")
     extension = CUDAExtension
 else:
     extension = CppExtension

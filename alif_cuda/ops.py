@@ -20,7 +20,7 @@ REBUILD_COMMAND = (
 _CUDA_KERNELS = None
 
 # Steps the backward replays at once; the forward checkpoints u every CHUNK steps for T > CHUNK.
-# Mirrors kChunk in csrc/alif.h (the fake kernel must give the real output's shape).
+# Mirrors kChunk in csrc/alif_math.h (the fake kernel must give the real output's shape).
 CHUNK = 8
 
 

@@ -1,6 +1,6 @@
 // The alif op family's one implementation of the neuron arithmetic, shared by the CPU and CUDA
 // kernels, with the parameter structs: no tensor types, so a translation unit compiled for
-// another instruction set (alif_cpu_avx2.cpp) includes only this.
+// another instruction set (cpu/alif_cpu_avx2.cpp) can include it.
 //
 // The per-neuron time loops (alif_fwd_neurons, alif_bwd_neurons) are templates over the value
 // type V: a scalar in a CUDA thread, Lanes<float, 4 or 8> when a CUDA thread owns the neurons of
@@ -14,13 +14,7 @@
 #include <cstdint>
 #include <type_traits>
 
-#ifdef __CUDACC__
-#define ALIF_HD __host__ __device__ __forceinline__
-#define ALIF_UNROLL _Pragma("unroll")
-#else
-#define ALIF_HD inline
-#define ALIF_UNROLL
-#endif
+#include "common.h"
 
 namespace alif_cuda {
 
@@ -59,25 +53,26 @@ struct AlifParams {
 };
 
 // The pointers one alif kernel call works on, for both backends (null when absent). The math
-// dtype acc_t is float, or double for float64 storage.
+// dtype acc_t is float, or double for float64 storage. No two of them alias: every output is a
+// fresh buffer, and u_ckpt is written by the forward and read by the backward, never both.
 template <typename scalar_t>
 struct AlifPtrs {
   using acc_t = at::opmath_type<scalar_t>;
-  const scalar_t* x = nullptr;
-  const scalar_t* u0 = nullptr;
-  const scalar_t* grad_spikes = nullptr;
-  const scalar_t* grad_u_last = nullptr;
-  const acc_t* tau = nullptr;
-  const acc_t* v_th = nullptr;
-  acc_t* u_ckpt = nullptr;  // written by the forward, read by the backward
-  scalar_t* spikes = nullptr;
-  scalar_t* u_last = nullptr;
-  scalar_t* grad_x = nullptr;
-  scalar_t* grad_u0 = nullptr;
-  acc_t* dtau_n = nullptr;  // per-neuron sums over time (the CUDA kernels: per-channel only)
-  acc_t* dvth_n = nullptr;
+  const scalar_t* __restrict__ x = nullptr;
+  const scalar_t* __restrict__ u0 = nullptr;
+  const scalar_t* __restrict__ grad_spikes = nullptr;
+  const scalar_t* __restrict__ grad_u_last = nullptr;
+  const acc_t* __restrict__ tau = nullptr;
+  const acc_t* __restrict__ v_th = nullptr;
+  acc_t* __restrict__ u_ckpt = nullptr;
+  scalar_t* __restrict__ spikes = nullptr;
+  scalar_t* __restrict__ u_last = nullptr;
+  scalar_t* __restrict__ grad_x = nullptr;
+  scalar_t* __restrict__ grad_u0 = nullptr;
+  acc_t* __restrict__ dtau_n = nullptr;  // per-neuron sums over time (CUDA: per-channel only)
+  acc_t* __restrict__ dvth_n = nullptr;
   // The CPU with scalar parameters: the kCpuSumBlock blocks' sums, dtau's then dvth's.
-  double* block_sums = nullptr;
+  double* __restrict__ block_sums = nullptr;
 };
 
 // Calls f(std::bool_constant<a>, std::bool_constant<b>): runtime flags become template flags.
@@ -147,7 +142,7 @@ ALIF_LANES_BINARY(/)
 #undef ALIF_LANES_BINARY
 
 // Comparisons give 1 or 0 (in the value type), negation is exact: the same helpers exist for
-// scalars here and for at::vec::Vectorized in alif_cpu.cpp (its ge/lt/gt/neg members).
+// scalars here and for at::vec::Vectorized in cpu/alif_cpu_vec.h (its ge/lt/gt/neg members).
 template <typename T, std::enable_if_t<std::is_floating_point<T>::value, int> = 0>
 ALIF_HD T ge01(T a, T b) { return a >= b ? T(1) : T(0); }
 template <typename T, std::enable_if_t<std::is_floating_point<T>::value, int> = 0>

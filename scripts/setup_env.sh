@@ -72,7 +72,7 @@ fi
 
 # The build is current when the stamp's two keys match and the library loads: the configuration
 # key (interpreter, torch, checkout, build switches, compiler, setup.py, pyproject.toml) and the
-# sources key (every file in csrc/). A new configuration reinstalls; new sources only recompile
+# sources key (every file under csrc/). A new configuration reinstalls; new sources only recompile
 # what changed (ninja, objects kept under build/).
 alif_config_key=$(
   {
@@ -86,7 +86,7 @@ alif_config_key=$(
     cat setup.py pyproject.toml
   } | sha256sum | cut -d' ' -f1
 )
-alif_sources_key=$(sha256sum csrc/* | sha256sum | cut -d' ' -f1)
+alif_sources_key=$(find csrc -type f | LC_ALL=C sort | xargs sha256sum | sha256sum | cut -d' ' -f1)
 alif_stamp=.venv/alif_cuda_build.stamp
 
 # Prints "current", "sources" (installed here, sources changed) or "install".

@@ -13,7 +13,7 @@ import torch
 from alif_cuda import alif, alif_ref
 from conftest import TOL
 
-CHUNK = 8  # csrc/alif.h kChunk
+CHUNK = 8  # csrc/alif_math.h kChunk
 # The CPU kernels' value types: the default (Vectorized in the widest copy the CPU runs: AVX-512,
 # AVX2 or the baseline), Vectorized in the baseline and in the AVX2 copy, and the ones a CUDA
 # thread runs: a scalar, Lanes<float, 4> (float32's 16-byte path), Lanes<float, 8> (float16's).

@@ -1,4 +1,4 @@
-"""The CPU output pool (csrc/cpu_memory.h): large outputs reuse freed buffers, stay ordinary
+"""The CPU output pool (csrc/cpu_pool.h): large outputs reuse freed buffers, stay ordinary
 tensors, respect the cap and the off switch, and change no result."""
 import os
 import pickle

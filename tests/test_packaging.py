@@ -71,11 +71,13 @@ def _sdist_names(path):
 
 def test_sdist_lists_every_source_and_header(sdist):
     names = _sdist_names(sdist)
-    needed = {f"csrc/{p.name}" for pattern in ("*.h", "*.cpp", "*.cu") for p in (ROOT / "csrc").glob(pattern)}
+    needed = {f"csrc/{p.relative_to(ROOT / 'csrc').as_posix()}"
+              for pattern in ("*.h", "*.cuh", "*.cpp", "*.cu") for p in (ROOT / "csrc").rglob(pattern)}
     needed |= {f"alif_cuda/{p.name}" for p in (ROOT / "alif_cuda").glob("*.py")}
     needed |= {"setup.py", "pyproject.toml", "MANIFEST.in", "README.md", "LICENSE", "CITATION.cff",
                "docs/design.md"}
-    assert {"csrc/alif.h", "csrc/taid.h", "csrc/alif_cuda.cu", "csrc/taid_cuda.cu"} <= needed
+    assert {"csrc/alif_math.h", "csrc/taid_math.h", "csrc/cuda/alif_bwd_cuda_fp32.cu",
+            "csrc/cuda/taid_launch_cuda.cu", "csrc/cuda/alif_cuda_kernels.cuh"} <= needed
     assert needed - names == set(), f"the sdist lacks {sorted(needed - names)}"
     unwanted = sorted(n for n in names if n.endswith(".so") or n.split("/")[0] in ("data", "runs", "models", "tests"))
     assert unwanted == [], f"the sdist should hold the library only, but has {unwanted}"

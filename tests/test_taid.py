@@ -175,7 +175,7 @@ SHARED_INSTANTIATIONS = {torch.float64: "TaidMath<double>", torch.float32: "Taid
 @pytest.mark.parametrize("reduce", ["sum", "mean"])
 def test_cpu_runs_each_shared_instantiation(dtype, reduce):
     """The per-plane arithmetic (squeeze, attention, reweight, and the backward's per-plane terms)
-    is TaidMath<acc_t> in csrc/taid.h, used by the CPU and the CUDA kernels alike, dispatched
+    is TaidMath<acc_t> in csrc/taid_math.h, used by the CPU and the CUDA kernels alike, dispatched
     over the same four storage dtypes: float64 runs TaidMath<double>, the other three
     TaidMath<float>, the two instantiations the CUDA kernels use. Here the CPU build runs each one
     through the forward, dL/ds and dL/dw, on planes with a vector body and a tail (7x5) and on

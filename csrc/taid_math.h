@@ -1,19 +1,12 @@
-// Shared by the CPU and CUDA implementations of the taid op family (temporal attention image
-// decoding): the geometry, the argument checks (defined in ops.cpp, next to alif's) and the math
-// both backends use per (b, c) plane.
+// The taid op family's (temporal attention image decoding) one implementation of the per-plane
+// arithmetic, shared by the CPU and CUDA kernels, with the geometry struct: no tensor types.
 #pragma once
 
-#include <ATen/core/Tensor.h>
-
 #include <cmath>
-#include <string_view>
+#include <cstdint>
 #include <type_traits>
 
-#ifdef __CUDACC__
-#define TAID_HD __host__ __device__ __forceinline__
-#else
-#define TAID_HD inline
-#endif
+#include "common.h"
 
 namespace alif_cuda {
 
@@ -26,32 +19,6 @@ struct TaidParams {
   bool mean = false;       // reduce="mean": y is divided by T
 };
 
-// Checks taid_fwd's arguments and returns the geometry.
-TaidParams make_taid_fwd_params(const at::Tensor& s, const at::Tensor& w, std::string_view reduce);
-
-// The same for taid_bwd, plus grad_y (B, C, H, W) and the saved attn and squeezed (T, B, C).
-TaidParams make_taid_bwd_params(const at::Tensor& grad_y, const at::Tensor& s,
-                                const at::Tensor& w, const at::Tensor& attn,
-                                const at::Tensor& squeezed, std::string_view reduce);
-
-struct TaidFwdOutputs {
-  at::Tensor y, attn, squeezed;
-};
-
-// y (B, C, H, W) in s's dtype; attn and squeezed (T, B, C) in the math dtype (float, or double
-// for float64 s).
-TaidFwdOutputs alloc_taid_fwd(const at::Tensor& s);
-
-// taid_bwd's inputs made contiguous (w in the math dtype), its dL/ds output, and the work buffers
-// dZ (T, planes) and dL/dw (T, T) in the math dtype.
-struct TaidBwdBuffers {
-  at::Tensor grad_y, s, w, attn, squeezed, grad_s, dZ, dw;
-};
-
-TaidBwdBuffers prepare_taid_bwd(const TaidParams& p, const at::Tensor& grad_y, const at::Tensor& s,
-                                const at::Tensor& w, const at::Tensor& attn,
-                                const at::Tensor& squeezed);
-
 // The per-plane arithmetic of taid, written once for both backends. Every kernel, CPU or CUDA,
 // computes through TaidMath<acc_t> with acc_t = at::opmath_type of the storage dtype: float for
 // float32, float16 and bfloat16 s, double for float64. Both backends dispatch the same four
@@ -63,7 +30,7 @@ TaidBwdBuffers prepare_taid_bwd(const TaidParams& p, const at::Tensor& grad_y, c
 template <typename acc_t>
 struct TaidMath {
   // expf/exp are the C functions both host and device code have (std::exp has no device overloads).
-  static TAID_HD acc_t sigmoid(acc_t z) {
+  static ALIF_HD acc_t sigmoid(acc_t z) {
     if constexpr (std::is_same_v<acc_t, float>) {
       return 1.0f / (1.0f + expf(-z));
     } else {
@@ -72,41 +39,41 @@ struct TaidMath {
   }
 
   // y = scale * sum_t A_t s_t: scale is 1 for reduce="sum", 1/T for "mean".
-  static TAID_HD acc_t scale(const TaidParams& p) {
+  static ALIF_HD acc_t scale(const TaidParams& p) {
     return p.mean ? acc_t(1) / acc_t(p.T) : acc_t(1);
   }
 
   // Squeeze: X_t is the mean of the plane's HW values of step t, from their sum.
-  static TAID_HD acc_t squeeze(acc_t sum, int64_t HW) { return sum / acc_t(HW); }
+  static ALIF_HD acc_t squeeze(acc_t sum, int64_t HW) { return sum / acc_t(HW); }
 
   // Attention: A_t = sigmoid(sum_t' w[t, t'] X_t'), X indexed by time, t' in order.
-  static TAID_HD acc_t attention(const acc_t* w, const acc_t* X, int64_t T, int64_t t) {
+  static ALIF_HD acc_t attention(const acc_t* w, const acc_t* X, int64_t T, int64_t t) {
     acc_t z = 0;
     for (int64_t k = 0; k < T; ++k) z += w[t * T + k] * X[k];
     return sigmoid(z);
   }
 
   // Reweight: y = sum_t coef_t s_t with coef_t = scale A_t, accumulated from 0 for t = 0..T-1.
-  static TAID_HD acc_t coef(acc_t a, acc_t scale) { return scale * a; }
-  static TAID_HD acc_t reweight(acc_t y, acc_t coef, acc_t s) { return y + coef * s; }
+  static ALIF_HD acc_t coef(acc_t a, acc_t scale) { return scale * a; }
+  static ALIF_HD acc_t reweight(acc_t y, acc_t coef, acc_t s) { return y + coef * s; }
 
   // Backward. The per-pixel term of G_t / scale = sum_px g s_t, with g = dL/dy.
-  static TAID_HD acc_t grad_term(acc_t g, acc_t s) { return g * s; }
+  static ALIF_HD acc_t grad_term(acc_t g, acc_t s) { return g * s; }
   // dL/dZ_t (Z_t = the attention's pre-activation) from G_t / scale summed over the plane.
-  static TAID_HD acc_t attention_grad(acc_t g_s_sum, acc_t scale, acc_t a) {
+  static ALIF_HD acc_t attention_grad(acc_t g_s_sum, acc_t scale, acc_t a) {
     return g_s_sum * scale * a * (acc_t(1) - a);
   }
   // ds_t's constant: dL/dX_t / HW with dL/dX_t = sum_t' w[t', t] dZ_t' (t' in order).
-  static TAID_HD acc_t grad_shift(const acc_t* w, const acc_t* dZ, int64_t T, int64_t t,
+  static ALIF_HD acc_t grad_shift(const acc_t* w, const acc_t* dZ, int64_t T, int64_t t,
                                   int64_t HW) {
     acc_t d = 0;
     for (int64_t k = 0; k < T; ++k) d += w[k * T + t] * dZ[k];
     return d / acc_t(HW);
   }
   // ds_t = coef_t g + shift_t per pixel.
-  static TAID_HD acc_t grad_s(acc_t coef, acc_t g, acc_t shift) { return coef * g + shift; }
+  static ALIF_HD acc_t grad_s(acc_t coef, acc_t g, acc_t shift) { return coef * g + shift; }
   // dw[t, k] = sum over planes of dZ[t, plane] X[k, plane]: one plane's term.
-  static TAID_HD acc_t grad_w_term(acc_t dz, acc_t x) { return dz * x; }
+  static ALIF_HD acc_t grad_w_term(acc_t dz, acc_t x) { return dz * x; }
 };
 
 }  // namespace alif_cuda

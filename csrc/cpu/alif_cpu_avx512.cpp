@@ -27,4 +27,4 @@
 #endif
 #define ALIF_ISA avx512
 
-#include "alif_cpu_isa_impl.h"
+#include "cpu/alif_cpu_isa_impl.h"

@@ -1,15 +1,15 @@
-// The body of alif_cpu_avx2.cpp and alif_cpu_avx512.cpp, after each has set its instruction set
-// (pragmas and the macros ATen and Sleef test), CPU_CAPABILITY, ALIF_ISA (the namespace),
-// ALIF_ISA_ENABLED (0 where the compiler cannot build it) and ALIF_ISA_CPU_HAS (the run-time
-// check). No include guard: one copy per translation unit.
+// The body of alif_cpu_baseline.cpp, alif_cpu_avx2.cpp and alif_cpu_avx512.cpp, after each has
+// set its instruction set (the wider ones: pragmas and the macros ATen and Sleef test,
+// CPU_CAPABILITY), ALIF_ISA (the namespace), ALIF_ISA_ENABLED (0 where the compiler cannot build
+// it) and ALIF_ISA_CPU_HAS (the run-time check). No include guard: one copy per translation unit.
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
 
 #include <algorithm>
 
-#include "alif_cpu_vec.h"
+#include "cpu/alif_cpu_vec.h"
 #include "alif_math.h"
-#include "alif_cpu_isa.h"
+#include "cpu/alif_cpu_isa.h"
 
 namespace alif_cuda::ALIF_ISA {
 
@@ -24,7 +24,7 @@ bool available() {
 
 #if ALIF_ISA_ENABLED
 namespace {
-#include "alif_cpu_kernels.h"
+#include "cpu/alif_cpu_kernels.h"
 }  // namespace
 
 template <typename scalar_t>

@@ -1,5 +1,6 @@
-// alif_math.h's value-type helpers for at::vec::Vectorized, for the CPU translation units
-// (alif_cpu.cpp, and alif_cpu_avx2.cpp, where Vectorized is ATen's AVX2 implementation).
+// alif_math.h's value-type helpers for at::vec::Vectorized, for the CPU translation units (the
+// copies of the kernels: alif_cpu_baseline.cpp, alif_cpu_avx2.cpp and alif_cpu_avx512.cpp, where
+// Vectorized is ATen's implementation for that instruction set).
 // Included before alif_math.h so its templates find them (ordinary lookup; ADL would look in
 // at::vec). The members used give 1 or 0 per lane (ge/lt/gt) and negate exactly; * and + are
 // separate instructions (no FMA contraction), so every lane rounds as the scalar code does.

@@ -1,4 +1,4 @@
-// Memory for the CPU kernels of both op families (defined in alif_cpu.cpp).
+// The output allocation of both op families and its CPU pool (defined in cpu_pool.cpp).
 #pragma once
 
 #include <ATen/core/Tensor.h>

@@ -1,5 +1,6 @@
-// The alif op family's host-side helpers both backends call (argument checks, output
-// allocation); the per-neuron arithmetic they share is in alif_math.h.
+// The host side of the alif ops that both backends call (defined in alif_host.cpp): argument
+// checks, output allocation, and a kernel call's pointers filled from tensors. The per-neuron
+// arithmetic they share is alif_math.h's.
 #pragma once
 
 #include <ATen/OpMathType.h>

@@ -10,14 +10,13 @@
 #include <algorithm>
 #include <vector>
 
-#include "cpu_memory.h"
-#include "taid.h"
+#include "taid_host.h"
 
 namespace alif_cuda {
 namespace {
 
 namespace isa_default {
-#include "taid_cpu_kernels.h"
+#include "cpu/taid_cpu_kernels.h"
 }  // namespace isa_default
 
 // GCC on x86-64 also builds an AVX2 and an AVX-512 copy (no FMA: a * b + c rounds twice, as in
@@ -27,13 +26,13 @@ namespace isa_default {
 #pragma GCC push_options
 #pragma GCC target("avx2")
 namespace isa_avx2 {
-#include "taid_cpu_kernels.h"
+#include "cpu/taid_cpu_kernels.h"
 }  // namespace isa_avx2
 #pragma GCC pop_options
 #pragma GCC push_options
 #pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq")
 namespace isa_avx512 {
-#include "taid_cpu_kernels.h"
+#include "cpu/taid_cpu_kernels.h"
 }  // namespace isa_avx512
 #pragma GCC pop_options
 #else

@@ -24,4 +24,4 @@
 #endif
 #define ALIF_ISA avx2
 
-#include "alif_cpu_isa_impl.h"
+#include "cpu/alif_cpu_isa_impl.h"

@@ -1,7 +1,7 @@
 // The CPU kernels of the alif op family, included by alif_cpu.cpp inside a namespace of their own
-// (a copy for another instruction set would include them again, in another namespace). The
-// per-neuron arithmetic is alif.h's. No include guard, on purpose; the includes this code needs
-// come first in alif_cpu.cpp.
+// (alif_cpu_isa_impl.h includes them again for another instruction set, in another namespace).
+// The per-neuron arithmetic is alif_math.h's. No include guard, on purpose; the includes this
+// code needs come first in the including file.
 //
 // Work is split over groups of neurons, one value V a group (a partial load and store for the
 // last, shorter group). The per-neuron dL/dtau and dL/dv_th sums are written per neuron and
@@ -94,7 +94,7 @@ inline void store(scalar_t* p, const V& v, int cnt) {
 
 // ---- the backend part: which neurons, loads and stores ---------------------------------------
 
-// The Mem accessor of alif.h for the neurons [n, n + cnt) of one group.
+// The Mem accessor of alif_math.h for the neurons [n, n + cnt) of one group.
 template <typename scalar_t, typename V, bool kStatic>
 struct CpuMem {
   const AlifPtrs<scalar_t>& q;
@@ -190,7 +190,7 @@ void alif_bwd_cpu_kernel(const AlifParams& p, const AlifPtrs<scalar_t>& q) {
   constexpr int L = Tr::size;
   static_assert(kCpuSumBlock % L == 0, "a block holds whole groups");
   const SurrogateScalars<acc_t> sur(p);
-  const int64_t blocks = (p.N + kCpuSumBlock - 1) / kCpuSumBlock;
+  const int64_t blocks = ceil_div(p.N, kCpuSumBlock);
   at::parallel_for(0, blocks, 1, [&](int64_t b0, int64_t b1) {
     const auto c = make_consts(V(q.tau[0]), V(q.v_th[0]), sur);
     for (int64_t b = b0; b < b1; ++b) {

@@ -1,5 +1,5 @@
-// The copies of the alif CPU kernels built for wider instruction sets (alif_cpu_avx2.cpp,
-// alif_cpu_avx512.cpp), called by alif_cpu.cpp when the CPU has the instructions.
+// The copies of the alif CPU kernels, one per instruction set (alif_cpu_baseline.cpp,
+// alif_cpu_avx2.cpp, alif_cpu_avx512.cpp), called by alif_cpu.cpp: the widest the CPU runs.
 #pragma once
 
 #include "alif_math.h"
@@ -16,5 +16,6 @@
   void alif_bwd(const AlifParams& p, const AlifPtrs<scalar_t>& q);         \
   }
 
+ALIF_CPU_ISA_DECLARE(baseline)
 ALIF_CPU_ISA_DECLARE(avx2)
 ALIF_CPU_ISA_DECLARE(avx512)
